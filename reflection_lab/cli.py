@@ -1,0 +1,108 @@
+"""`reflection-lab`: one subcommand per stage, `run` for the whole pipeline, `info` for the machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _column_map(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [p.split("=", 1) for p in text.split(",") if p]
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _common(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--run", help="run directory (default: runs/<profile>)")
+    sp.add_argument("--profile", default="offline", help="ci, offline, offline-full, colab-t4, gpu")
+    sp.add_argument("--force", action="store_true", help="recompute even if the stage output is current")
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a profile field, e.g. --set n_samples=8 (repeatable)")
+
+
+def _parse_value(v: str):
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import STAGE_RUNNERS
+
+    ap = argparse.ArgumentParser(prog="reflection-lab", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, device, precision, profiles and the model menu")
+    prep = sub.add_parser("prepare", help="build or convert offline models into the cache")
+    prep.add_argument("models", nargs="*", default=["tiny-llama", "tiny-gpt2", "smollm2-135m"])
+    st = sub.add_parser("status", help="which stages of a run are done")
+    st.add_argument("--run", required=True)
+    for stage in STAGE_RUNNERS:
+        sp = sub.add_parser(stage, help=f"run stage '{stage}'")
+        _common(sp)
+        if stage == "data":
+            sp.add_argument("--train", help="training data: file, saved dataset folder, hub name or 'workshop'")
+            sp.add_argument("--eval", help="evaluation data (default: workshop-eval)")
+            sp.add_argument("--column-map", help="e.g. instruction=prompt,output=response")
+            sp.add_argument("--strict", action="store_true", help="stop on the first bad rows")
+    rp = sub.add_parser("run", help="the whole pipeline")
+    _common(rp)
+    rp.add_argument("--stages", help="comma-separated subset, in order")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "info":
+        from .devices import environment_report, pick_device
+        from .models import MODEL_MENU
+        from .profiles import PROFILES
+
+        print(environment_report())
+        print(pick_device().summary())
+        print("profiles:")
+        for p in PROFILES.values():
+            print(f"  {p.name:13s} {p.description} [{p.time_note}; {p.memory_note}]")
+        print("model menu:")
+        for name, size, note in MODEL_MENU:
+            print(f"  {name:38s} {size:>5s}  {note}")
+        return 0
+    if args.cmd == "prepare":
+        from .models import resolve_model
+
+        for m in args.models:
+            print(m, "->", resolve_model(m))
+        return 0
+    from .runs import MissingStageError, Run
+
+    if args.cmd == "status":
+        for stage, state in Run(args.run).status().items():
+            print(f"{stage:9s} {state}")
+        return 0
+    from .pipeline import run_pipeline, run_stage
+    from .profiles import get_profile
+
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    profile = get_profile(args.profile, **{k: _parse_value(v) for k, v in overrides.items()})
+    run = Run(args.run or Path("runs") / profile.name)
+    opts = {"force": args.force}
+    for name in ("train", "eval", "strict"):
+        if getattr(args, name, None) is not None:
+            opts[name] = getattr(args, name)
+    if getattr(args, "column_map", None):
+        opts["column_map"] = _column_map(args.column_map)
+    try:
+        if args.cmd == "run":
+            stages = args.stages.split(",") if args.stages else None
+            run_pipeline(run, profile, stages=stages, **opts)
+        else:
+            m = run_stage(args.cmd, run, profile, **opts)
+            print(json.dumps({"stage": args.cmd, "status": m.get("status"), "counts": m.get("counts")}, indent=1))
+    except MissingStageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run directory: {run.root}")
+    return 0

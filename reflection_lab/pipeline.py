@@ -1,0 +1,46 @@
+"""The whole lab as one call: each stage function reads the run, writes its artifact, returns its manifest.
+
+Why a table of small adapters: the CLI, the notebooks and the tests all run the same stage code
+with a profile; the adapters only translate profile fields into the stage's arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .profiles import Profile
+from .runs import Run
+
+StageRunner = Callable[[Run, Profile, dict], dict]
+
+
+def _data(run: Run, p: Profile, opts: dict) -> dict:
+    from .data import run_data
+
+    return run_data(run, train=opts.get("train") or p.train_data, eval=opts.get("eval", p.eval_data),
+                    n_samples=p.n_samples, n_eval=p.n_eval, strict=bool(opts.get("strict")),
+                    column_map=opts.get("column_map"), force=bool(opts.get("force")))
+
+
+STAGE_RUNNERS: dict[str, StageRunner] = {
+    "data": _data,
+}
+
+
+def run_stage(stage: str, run: Run, profile: Profile, **opts) -> dict:
+    if stage not in STAGE_RUNNERS:
+        raise KeyError(f"stage {stage!r} is not available; stages: {', '.join(STAGE_RUNNERS)}")
+    return STAGE_RUNNERS[stage](run, profile, opts)
+
+
+def run_pipeline(run: Run, profile: Profile, *, stages: list[str] | None = None, log=print, **opts) -> dict[str, dict]:
+    """Run every stage in order; finished stages with unchanged inputs are reused, not recomputed."""
+    results = {}
+    for stage in stages or list(STAGE_RUNNERS):
+        t0 = time.perf_counter()
+        log(f"== {stage} ==")
+        results[stage] = run_stage(stage, run, profile, **opts)
+        counts = results[stage].get("counts", {})
+        log(f"   done in {time.perf_counter() - t0:.1f} s; " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return results

@@ -1,0 +1,94 @@
+"""Named settings for where the lab runs: a CPU laptop offline, a Colab T4, a big GPU.
+
+Why profiles: the same notebooks must finish in minutes on 2 CPU cores and still teach
+something real on a GPU. A profile holds every size knob; a notebook or the CLI may override
+single fields (`get_profile("offline", n_samples=8)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    student: str  # model spec: offline name, local path or hub id (see models.resolve_model)
+    teacher: str = "replay"  # "replay", "openai" (any OpenAI-compatible endpoint) or "local"
+    teacher_model: str | None = None
+    train_data: str = "workshop"  # dataset spec (see data.load_dataset_spec)
+    eval_data: str = "workshop-eval"
+    n_samples: int | None = None  # subset of the training data; None = all
+    n_eval: int | None = None
+    template: str = "chat"  # scoring prompt template: chat, plain, alpaca, vicuna
+    max_length: int = 1024  # tokens per scored or trained sequence
+    score_batch_tokens: int = 4096  # token budget of one scoring batch (padding included)
+    quant4_scoring: bool = False
+    # fine-tuning
+    quant4: bool = True
+    max_steps: int = 30
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    tags_as_special_tokens: bool = False
+    # inference / evaluation
+    max_new_tokens: int = 256
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    time_note: str = ""
+    memory_note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(
+        name="ci", description="Tiny in-code student (seconds). For tests and CI smoke runs; learns nothing useful.",
+        student="tiny-llama", n_samples=12, n_eval=6, max_length=512, max_steps=8, batch_size=4,
+        learning_rate=3e-3, lora_r=8, lora_alpha=16, max_new_tokens=48,
+        time_note="under a minute on 2 CPU cores", memory_note="< 1 GiB RAM",
+    ),
+    "offline": Profile(
+        name="offline", description="SmolLM2-135M-Instruct from PyPI on the CPU, replay teacher, a workshop subset.",
+        student="smollm2-135m", n_samples=16, n_eval=8, max_length=768, max_steps=24, batch_size=4,
+        learning_rate=3e-4, max_new_tokens=160,
+        time_note="about 10 minutes on 2 CPU cores (first run adds ~30 s to convert SmolLM2)",
+        memory_note="about 3 GiB RAM",
+    ),
+    "offline-full": Profile(
+        name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",
+        student="smollm2-135m", n_samples=None, n_eval=None, max_length=768, max_steps=120, batch_size=4,
+        learning_rate=3e-4, max_new_tokens=256,
+        time_note="about 1 hour on 2 CPU cores", memory_note="about 3 GiB RAM",
+    ),
+    "colab-t4": Profile(
+        name="colab-t4", description="Colab T4 (16 GB, fp16 only): Qwen2.5-0.5B-Instruct student, whole workshop set.",
+        student="Qwen/Qwen2.5-0.5B-Instruct", n_samples=None, n_eval=None, max_length=1024, max_steps=150,
+        batch_size=8, dtype="float16", max_new_tokens=384, score_batch_tokens=16384,
+        time_note="about 15 minutes on a T4", memory_note="about 5 GB GPU memory in 4-bit",
+    ),
+    "gpu": Profile(
+        name="gpu", description="A100/H100-class GPU (bf16): Qwen2.5-1.5B-Instruct student.",
+        student="Qwen/Qwen2.5-1.5B-Instruct", n_samples=None, n_eval=None, max_length=2048, max_steps=300,
+        batch_size=16, dtype="bfloat16", max_new_tokens=512, score_batch_tokens=65536,
+        time_note="about 10 minutes on an A100", memory_note="about 10 GB GPU memory in 4-bit",
+    ),
+}
+
+
+def get_profile(name: str = "offline", **overrides) -> Profile:
+    """A named profile with some fields replaced; unknown names or fields fail loudly."""
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    known = {f.name for f in fields(Profile)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise TypeError(f"unknown profile field(s) {bad}; known fields: {sorted(known)}")
+    return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
