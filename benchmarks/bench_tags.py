@@ -12,12 +12,12 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reflection_lab.tags import StreamParser, parse  # noqa: E402
+from reflection_lab.tags import StreamParser, parse
 
 PROSE = [
     "Let me work through this carefully, one step at a time.",

@@ -58,13 +58,11 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = [
-    "THINKING", "REFLECTION", "OUTPUT", "OUTSIDE", "ERROR", "WARNING", "INFO",
-    "Diagnostic", "Span", "Block", "ParsedResponse",
-    "BlockStart", "BlockEnd", "TextDelta", "DiagnosticEvent", "Event",
-    "StreamParser", "ByteStreamParser", "parse", "strip_reasoning",
+    "ERROR", "INFO", "OUTPUT", "OUTSIDE", "REFLECTION", "THINKING", "WARNING",
+    "Block", "BlockEnd", "BlockStart", "ByteStreamParser", "Diagnostic", "DiagnosticEvent",
+    "Event", "ParsedResponse", "Span", "StreamParser", "TextDelta", "parse", "strip_reasoning",
 ]
 
 THINKING, REFLECTION, OUTPUT, OUTSIDE = "thinking", "reflection", "output", "outside"
@@ -204,7 +202,7 @@ class DiagnosticEvent:
     diagnostic: Diagnostic
 
 
-Event = Union[BlockStart, BlockEnd, TextDelta, DiagnosticEvent]
+Event = BlockStart | BlockEnd | TextDelta | DiagnosticEvent
 
 # ---------------------------------------------------------------- tag matching
 
@@ -277,7 +275,7 @@ class _Text:
     a reflection inside thinking passes its stripped pieces up to the thinking.
     """
 
-    __slots__ = ("parts", "held", "started", "parent", "events")
+    __slots__ = ("events", "held", "parent", "parts", "started")
 
     def __init__(self, events: list[Event], parent: _Text | None = None) -> None:
         self.parts: list[str] = []
@@ -317,7 +315,7 @@ class _Text:
 
 
 class _Open:
-    __slots__ = ("kind", "index", "start", "content_start", "parent", "text")
+    __slots__ = ("content_start", "index", "kind", "parent", "start", "text")
 
     def __init__(self, kind: str, index: int, start: int, content_start: int,
                  parent: str | None, text: _Text) -> None:

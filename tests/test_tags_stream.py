@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 
@@ -43,7 +44,7 @@ def stream(chunks: list[str], **options: bool) -> tuple[ParsedResponse, list[Eve
 
 def split(text: str, cuts: list[int]) -> list[str]:
     bounds = [0, *sorted(cuts), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def check_events(r: ParsedResponse, events: list[Event]) -> None:
@@ -246,7 +247,7 @@ def test_byte_chunks_equal_parse(text: str, data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=10)))
     bounds = [0, *cuts, len(raw)]
     p = ByteStreamParser()
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         p.feed(raw[a:b])
     assert p.result() == parse(text)
 
