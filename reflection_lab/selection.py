@@ -1,0 +1,480 @@
+"""Stage 04: the student's selection of instruction/answer pairs (Selective Reflection-Tuning).
+
+Per sample the student makes two choices and then a validity check:
+
+1. Instruction: the teacher's reflected instruction replaces the original iff its IFD is strictly
+   higher (a tie keeps the original). Higher IFD = the instruction helps the student less = more
+   to learn.
+2. Answer, for the chosen instruction: the reflected answer replaces the current one iff its r-IFD
+   is strictly lower (reflect_both vs reflect_instruction, or reflect_response vs original).
+   Lower r-IFD = the answer makes its instruction easier to guess.
+3. The chosen pair is kept only if IFD < ifd_max and r-IFD < rifd_max (both 1.0 by default).
+
+Then optional filters (answer length, refusal phrases) and an optional top-k% cut by IFD.
+
+Why arrays: the widgets re-decide 50,000 samples every time a slider moves. The two choices do not
+depend on any threshold, so `SelectionTable` computes them once per score form; a threshold change
+is then a handful of numpy comparisons. Texts for the reasons are only built when asked for.
+
+Missing scores are NaN inside the arrays and every comparison with NaN is False, so a missing
+score can never make a sample pass: a choice that needs it keeps the current text, and a final
+pair with a missing score is dropped with the recorded reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Iterable
+
+import numpy as np
+
+VARIANTS = ("original", "reflect_instruction", "reflect_response", "reflect_both")
+KEPT_OUTCOMES = ("reflect_both", "reflect_response", "reflect_instruction", "original")
+DROP_REASONS = ("missing_score", "ifd_too_high", "rifd_too_high", "answer_not_reflected",
+                "too_short", "too_long", "refusal", "below_top_k")
+OUTCOMES = KEPT_OUTCOMES + tuple(f"dropped:{r}" for r in DROP_REASONS)
+SCORE_KEYS = ("ifd", "ifd_loss", "rifd", "rifd_loss", "s_a_q", "s_a", "s_q_rev", "s_q",
+              "n_answer_tokens", "n_instruction_tokens")
+FORMS = {"ppl": ("ifd", "rifd"), "loss": ("ifd_loss", "rifd_loss")}
+FORM_TITLES = {"ppl": "PPL ratio: PPL(A|Q) / PPL(A)", "loss": "loss ratio: s(A|Q) / s(A)"}
+
+_V = {v: i for i, v in enumerate(VARIANTS)}
+_O = {o: i for i, o in enumerate(OUTCOMES)}
+# chosen variant index (VARIANTS order) -> outcome code (OUTCOMES order)
+_KEEP_CODE = np.array([_O[v] for v in VARIANTS], dtype=np.int8)
+
+# Phrases that mark a refusal or a canned disclaimer rather than an answer (lower case; matched
+# anywhere in the answer after lower-casing and straightening curly apostrophes).
+REFUSAL_PHRASES: tuple[str, ...] = (
+    "as an ai language model", "as an ai model", "as a language model", "as an ai assistant, i",
+    "i'm just an ai", "i am just an ai", "i cannot help with", "i cannot help you",
+    "i can't help with", "i cannot assist", "i can't assist", "i'm sorry, but i can",
+    "i am sorry, but i can", "i'm unable to provide", "i am unable to provide",
+    "i do not have personal opinions", "i don't have personal opinions", "i don't have personal feelings",
+    "i do not have access to real-time", "my knowledge cutoff", "my training data only goes",
+    "it is not appropriate for me to", "i must decline", "against my programming",
+)
+
+
+def _fmt(x: float | None) -> str:
+    return "missing" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Every knob of the selection; recorded in the stage manifest so a run says how it chose.
+
+    keep_unreflected_answers: the reference code (get_select_data.py) counts the pairs whose chosen
+    answer is the original one ('original', 'reflect_instruction') but never writes them: only
+    pairs with a reflected answer form the sRecycled sets. False reproduces that; True also trains
+    on pairs where the student preferred the old answer.
+    top_k_percent: keep the highest-IFD pairs; the count is int(P * k / 100) like the reference,
+    where P is the number of pairs still kept before the cut (top_k_of="kept") or every scored
+    sample (top_k_of="all", as in Cherry's select_from_ifd_json). Ties go to the earlier sample.
+    score_form: "ppl" uses ifd / rifd (perplexity ratio, the default of the later reference code);
+    "loss" uses ifd_loss / rifd_loss (Cherry's first form). Both cross 1 at the same point.
+    """
+
+    ifd_max: float = 1.0
+    rifd_max: float = 1.0
+    top_k_percent: float | None = None
+    top_k_of: str = "kept"
+    min_words: int | None = None
+    max_words: int | None = None
+    drop_refusals: bool = False
+    refusal_phrases: tuple[str, ...] = REFUSAL_PHRASES
+    keep_unreflected_answers: bool = False
+    score_form: str = "ppl"
+
+    def __post_init__(self) -> None:
+        if self.score_form not in FORMS:
+            raise ValueError(f"score_form must be one of {sorted(FORMS)}, not {self.score_form!r}")
+        if self.top_k_of not in ("kept", "all"):
+            raise ValueError(f"top_k_of must be 'kept' or 'all', not {self.top_k_of!r}")
+        if self.top_k_percent is not None and not 0 <= self.top_k_percent <= 100:
+            raise ValueError(f"top_k_percent must be in [0, 100] or None, not {self.top_k_percent}")
+        if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) is larger than max_words ({self.max_words})")
+        object.__setattr__(self, "refusal_phrases", tuple(p.lower() for p in self.refusal_phrases))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["refusal_phrases"] = list(self.refusal_phrases)
+        return d
+
+    def replace(self, **changes: Any) -> "SelectionConfig":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to one sample, with the reason in words (one row of decisions.jsonl)."""
+
+    id: str
+    outcome: str
+    kept: bool
+    reason: str
+    chosen_instruction_variant: str
+    chosen_variant: str
+    ifd: float | None
+    rifd: float | None
+    instruction_choice: str
+    answer_choice: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Choice:
+    """The student's two threshold-free choices for one score form."""
+
+    take_q: np.ndarray
+    take_a: np.ndarray
+    chosen: np.ndarray  # index into VARIANTS
+    ifd: np.ndarray  # of the chosen pair (NaN = missing)
+    rifd: np.ndarray
+
+
+class SelectionTable:
+    """Scores of every sample and variant as (4, n) arrays, built once from scores.jsonl rows."""
+
+    def __init__(self, rows: Iterable[dict]):
+        by_id: dict[str, dict] = {}
+        for row in rows:
+            by_id[str(row["id"])] = row  # a repeated id (resumed journal): the last row wins
+        self.ids: list[str] = list(by_id)
+        self.index: dict[str, int] = {sid: i for i, sid in enumerate(self.ids)}
+        n = self.n = len(self.ids)
+        nan = math.nan
+        # plain lists while reading (numpy item assignment is slow), arrays at the end
+        vals = {k: [[nan] * n for _ in VARIANTS] for k in SCORE_KEYS}
+        present = [[False] * n for _ in VARIANTS]
+        self.texts: list[list[dict | None]] = [[None] * n for _ in VARIANTS]
+        self.missing: list[list[str | None]] = [[None] * n for _ in VARIANTS]
+        self.notes: dict[tuple[int, int, str], str] = {}
+        for i, row in enumerate(by_id.values()):
+            variants = row.get("variants") or {}
+            for v, vi in _V.items():
+                vs = variants.get(v)
+                if not vs:
+                    continue
+                present[vi][i] = True
+                out = vs.get("output") or ""
+                self.texts[vi][i] = {"instruction": vs.get("instruction") or "", "input": vs.get("input") or "",
+                                     "output": out}
+                self.missing[vi][i] = vs.get("missing")
+                for k in SCORE_KEYS:
+                    x = vs.get(k)
+                    if x is None:
+                        continue
+                    if type(x) is not float and (isinstance(x, bool) or not isinstance(x, (int, float))) \
+                            or not math.isfinite(x):
+                        self.notes[(vi, i, k)] = f"{k} is not a finite number ({x!r})"
+                        continue
+                    vals[k][vi][i] = x
+        self.scores = {k: np.array(vals[k], dtype=float).reshape(4, n) for k in SCORE_KEYS}
+        self.present = np.array(present, dtype=bool).reshape(4, n)
+        self._words: np.ndarray | None = None
+        self._choices: dict[str, _Choice] = {}
+        self._refusals: dict[tuple[str, ...], np.ndarray] = {}
+
+    @classmethod
+    def from_run(cls, run: Any) -> "SelectionTable":
+        from .runs import read_jsonl
+
+        run.require("score")
+        return cls(read_jsonl(run.path("score", "scores.jsonl")))
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def words(self) -> np.ndarray:
+        """(4, n) answer length in whitespace-separated words (computed on first use)."""
+        if self._words is None:
+            w = [[len(t["output"].split()) if t is not None else 0 for t in texts] for texts in self.texts]
+            self._words = np.array(w, dtype=np.int64).reshape(4, self.n)
+        return self._words
+
+    def why_missing(self, variant: str, i: int, key: str) -> str:
+        """The recorded reason a score is missing, in the words scoring wrote."""
+        vi = _V[variant]
+        if not self.present[vi, i]:
+            return f"no '{variant}' variant in scores.jsonl"
+        if (vi, i, key) in self.notes:
+            return self.notes[(vi, i, key)]
+        return self.missing[vi][i] or "no reason recorded"
+
+    def choice(self, form: str = "ppl") -> _Choice:
+        """Steps 1 and 2 for every sample (cached: they depend on no threshold)."""
+        if form not in self._choices:
+            ifd_key, rifd_key = FORMS[form]
+            ifd, rifd = self.scores[ifd_key], self.scores[rifd_key]
+            take_q = ifd[1] > ifd[0]  # NaN on either side -> False -> original instruction
+            current = np.where(take_q, rifd[1], rifd[0])
+            new = np.where(take_q, rifd[3], rifd[2])
+            take_a = new < current  # NaN -> False -> current answer
+            chosen = take_q.astype(np.int8) + 2 * take_a.astype(np.int8)
+            cols = np.arange(self.n)
+            self._choices[form] = _Choice(take_q, take_a, chosen, ifd[chosen, cols], rifd[chosen, cols])
+        return self._choices[form]
+
+    def refusals(self, phrases: tuple[str, ...]) -> np.ndarray:
+        """(4, n) bool: the variant's answer contains one of the phrases (cached per phrase list)."""
+        if phrases not in self._refusals:
+            hit = np.zeros((4, self.n), dtype=bool)
+            if phrases:
+                pattern = re.compile("|".join(re.escape(p) for p in phrases))
+                for vi in range(4):
+                    for i, t in enumerate(self.texts[vi]):
+                        if t is not None and pattern.search(_norm(t["output"])):
+                            hit[vi, i] = True
+            self._refusals[phrases] = hit
+        return self._refusals[phrases]
+
+    def evaluate(self, config: SelectionConfig | None = None) -> "Selection":
+        """Apply thresholds, filters and the top-k cut: a few array operations."""
+        config = config or SelectionConfig()
+        ch = self.choice(config.score_form)
+        n = self.n
+        cols = np.arange(n)
+        code = np.full(n, -1, dtype=np.int8)
+        fi, fr = ch.ifd, ch.rifd
+        missing = np.isnan(fi) | np.isnan(fr)
+        code[missing] = _O["dropped:missing_score"]
+        alive = ~missing
+
+        def drop(mask: np.ndarray, reason: str) -> None:
+            m = alive & mask
+            code[m] = _O[f"dropped:{reason}"]
+            alive[m] = False
+
+        with np.errstate(invalid="ignore"):
+            drop(~(fi < config.ifd_max), "ifd_too_high")
+            drop(~(fr < config.rifd_max), "rifd_too_high")
+        passed = alive.copy()
+        if not config.keep_unreflected_answers:
+            drop(~ch.take_a, "answer_not_reflected")
+        words = self.words[ch.chosen, cols]
+        if config.min_words is not None:
+            drop(words < config.min_words, "too_short")
+        if config.max_words is not None:
+            drop(words > config.max_words, "too_long")
+        if config.drop_refusals:
+            drop(self.refusals(config.refusal_phrases)[ch.chosen, cols], "refusal")
+        rank = np.zeros(n, dtype=np.int64)
+        top_k = None
+        if config.top_k_percent is not None:
+            idx = np.flatnonzero(alive)
+            population = len(idx) if config.top_k_of == "kept" else n
+            n_keep = int(population * config.top_k_percent / 100)
+            order = idx[np.argsort(-fi[idx], kind="stable")]  # highest IFD first, ties in data order
+            rank[order] = np.arange(1, len(order) + 1)
+            drop(rank > n_keep, "below_top_k")
+            top_k = (population, n_keep, len(idx))
+        code[alive] = _KEEP_CODE[ch.chosen[alive]]
+        return Selection(self, config, ch, code, alive, passed, rank, top_k)
+
+
+def _norm(text: str) -> str:
+    return text.lower().replace("\u2019", "'").replace("\u2018", "'")
+
+
+class Selection:
+    """The result of one config on one table: per-sample outcome codes plus counts and reasons."""
+
+    def __init__(self, table: SelectionTable, config: SelectionConfig, choice: _Choice, code: np.ndarray,
+                 kept: np.ndarray, passed: np.ndarray, rank: np.ndarray, top_k: tuple[int, int, int] | None):
+        self.table, self.config, self.choice = table, config, choice
+        self.code, self.kept, self.passed, self.rank, self.top_k = code, kept, passed, rank, top_k
+
+    def __len__(self) -> int:
+        return self.table.n
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept.sum())
+
+    def outcome(self, i: int) -> str:
+        return OUTCOMES[self.code[i]]
+
+    def outcomes(self) -> list[str]:
+        return [OUTCOMES[c] for c in self.code]
+
+    def counts(self) -> dict[str, int]:
+        """Samples per outcome (every outcome listed, zeros included)."""
+        bins = np.bincount(self.code.astype(np.int64), minlength=len(OUTCOMES))
+        return {o: int(c) for o, c in zip(OUTCOMES, bins)}
+
+    def student_choice(self) -> dict[str, int]:
+        """Which pair the student preferred, before any threshold."""
+        bins = np.bincount(self.choice.chosen.astype(np.int64), minlength=4)
+        return {v: int(bins[_V[v]]) for v in KEPT_OUTCOMES}
+
+    def passed_thresholds(self) -> dict[str, int]:
+        """Pairs that pass IFD and r-IFD limits, by chosen variant (the reference's count_1..count_4)."""
+        bins = np.bincount(self.choice.chosen[self.passed].astype(np.int64), minlength=4)
+        return {v: int(bins[_V[v]]) for v in KEPT_OUTCOMES}
+
+    def summary(self) -> dict:
+        """outcomes.json: counts by outcome, plus how the student chose before and after thresholds."""
+        counts = self.counts()
+        out: dict[str, Any] = {"total": self.table.n, "kept": self.n_kept, "dropped": self.table.n - self.n_kept,
+                               **counts, "student_choice": self.student_choice(),
+                               "passed_thresholds": self.passed_thresholds(), "score_form": self.config.score_form}
+        if self.top_k:
+            out["top_k"] = {"percent": self.config.top_k_percent, "of": self.config.top_k_of,
+                            "population": self.top_k[0], "kept": min(self.top_k[1], self.top_k[2])}
+        return out
+
+    def kept_ids(self) -> list[str]:
+        return [self.table.ids[i] for i in np.flatnonzero(self.kept)]
+
+    def dropped_ids(self) -> list[str]:
+        return [self.table.ids[i] for i in np.flatnonzero(~self.kept)]
+
+    def ids_with(self, outcome: str) -> list[str]:
+        """Ids whose outcome is `outcome`, or starts with it ("dropped" matches every drop)."""
+        codes = [c for c, o in enumerate(OUTCOMES) if o == outcome or o.startswith(outcome + ":")]
+        return [self.table.ids[i] for i in np.flatnonzero(np.isin(self.code, codes))]
+
+    def decisions(self) -> list[Decision]:
+        return [self.decision(i) for i in range(self.table.n)]
+
+    def decision(self, i: int | str) -> Decision:
+        """The decision for one sample (by position or id), with its reasons spelled out."""
+        if isinstance(i, str):
+            i = self.table.index[i]
+        t, ch, cfg = self.table, self.choice, self.config
+        ifd_key, rifd_key = FORMS[cfg.score_form]
+        ifd, rifd = t.scores[ifd_key][:, i], t.scores[rifd_key][:, i]
+        chosen = VARIANTS[ch.chosen[i]]
+        instr_variant = "reflect_instruction" if ch.take_q[i] else "original"
+        # step 1
+        if math.isnan(ifd[1]):
+            step1 = (f"reflect_instruction IFD missing: {t.why_missing('reflect_instruction', i, ifd_key)}; "
+                     "the original instruction is kept.")
+        elif math.isnan(ifd[0]):
+            step1 = (f"original IFD missing: {t.why_missing('original', i, ifd_key)}; the two instructions "
+                     "cannot be compared, so the original instruction is kept.")
+        elif ifd[1] > ifd[0]:
+            step1 = (f"Reflected instruction chosen: its IFD {_fmt(ifd[1])} is higher than the original's "
+                     f"{_fmt(ifd[0])}, so the new instruction leaves the student more to learn.")
+        elif ifd[1] == ifd[0]:
+            step1 = f"Original instruction kept: both instructions have IFD {_fmt(ifd[0])}, and a tie keeps the original."
+        else:
+            step1 = (f"Original instruction kept: the reflected instruction's IFD {_fmt(ifd[1])} is not higher "
+                     f"than the original's {_fmt(ifd[0])}.")
+        # step 2
+        cur, new = (1, 3) if ch.take_q[i] else (0, 2)
+        cur_name, new_name = VARIANTS[cur], VARIANTS[new]
+        if math.isnan(rifd[new]):
+            step2 = f"{new_name} r-IFD missing: {t.why_missing(new_name, i, rifd_key)}; the current answer is kept."
+        elif math.isnan(rifd[cur]):
+            step2 = (f"{cur_name} r-IFD missing: {t.why_missing(cur_name, i, rifd_key)}; the answers cannot be "
+                     "compared, so the current answer is kept.")
+        elif rifd[new] < rifd[cur]:
+            step2 = (f"Reflected answer chosen: its r-IFD {_fmt(rifd[new])} is lower than {_fmt(rifd[cur])} for "
+                     "the current answer, so it makes the instruction easier to guess.")
+        elif rifd[new] == rifd[cur]:
+            step2 = f"Current answer kept: both answers have r-IFD {_fmt(rifd[cur])}, and a tie keeps the current one."
+        else:
+            step2 = (f"Current answer kept: the reflected answer's r-IFD {_fmt(rifd[new])} is not lower than "
+                     f"{_fmt(rifd[cur])} for the current answer.")
+        outcome = OUTCOMES[self.code[i]]
+        fi, fr = float(ch.ifd[i]), float(ch.rifd[i])
+        reason = self._verdict(i, outcome, chosen, fi, fr, ifd_key, rifd_key)
+        return Decision(t.ids[i], outcome, bool(self.kept[i]), reason, instr_variant, chosen,
+                        _num(fi), _num(fr), step1, step2)
+
+    def _verdict(self, i: int, outcome: str, chosen: str, fi: float, fr: float, ifd_key: str, rifd_key: str) -> str:
+        cfg, t = self.config, self.table
+        pair = f"the chosen pair ({chosen})"
+        if outcome in KEPT_OUTCOMES:
+            text = (f"Kept as {outcome}: IFD {_fmt(fi)} < {cfg.ifd_max:g} and r-IFD {_fmt(fr)} < {cfg.rifd_max:g}")
+            if self.top_k:
+                text += f", and rank {self.rank[i]} by IFD is inside the top {cfg.top_k_percent:g}% ({self.top_k[1]} pairs)"
+            return text + "."
+        reason = outcome.split(":", 1)[1]
+        if reason == "missing_score":
+            key = ifd_key if math.isnan(fi) else rifd_key
+            return f"missing score: {t.why_missing(chosen, i, key)} ({pair} has no {key}); dropped."
+        if reason == "ifd_too_high":
+            text = f"Dropped: IFD {_fmt(fi)} of {pair} is not below the limit {cfg.ifd_max:g}."
+            if fi >= 1:
+                text += (" With IFD >= 1 the instruction does not help the student predict the answer at all, "
+                         "which is read as an instruction and answer that do not belong together.")
+            return text
+        if reason == "rifd_too_high":
+            text = f"Dropped: r-IFD {_fmt(fr)} of {pair} is not below the limit {cfg.rifd_max:g}."
+            if fr >= 1:
+                text += " With r-IFD >= 1 the answer gives no help in guessing its instruction."
+            return text
+        if reason == "answer_not_reflected":
+            return (f"Dropped: the pair passes both limits, but the student kept an answer the teacher did not "
+                    f"rewrite ({chosen}). Like the reference code, only pairs with a reflected answer are written "
+                    "(set keep_unreflected_answers=True to keep them).")
+        words = int(t.words[_V[chosen], i])
+        if reason == "too_short":
+            return f"Dropped: the answer has {words} words, fewer than min_words={cfg.min_words}."
+        if reason == "too_long":
+            return f"Dropped: the answer has {words} words, more than max_words={cfg.max_words}."
+        if reason == "refusal":
+            text = _norm((t.texts[_V[chosen]][i] or {}).get("output", ""))
+            hit = next((p for p in cfg.refusal_phrases if p in text), "?")
+            return f"Dropped: the answer contains the refusal/disclaimer phrase {hit!r}."
+        population, n_keep, _ = self.top_k or (0, 0, 0)
+        return (f"Dropped: rank {self.rank[i]} by IFD is outside the top {cfg.top_k_percent:g}% "
+                f"(int({population} * {cfg.top_k_percent:g} / 100) = {n_keep} pairs kept).")
+
+    def selected_rows(self) -> list[dict]:
+        """The training set: the chosen text of every kept pair, in data order."""
+        t, rows = self.table, []
+        for i in np.flatnonzero(self.kept):
+            vi = int(self.choice.chosen[i])
+            text = t.texts[vi][i] or {}
+            rows.append({"id": t.ids[i], "instruction": text.get("instruction", ""), "input": text.get("input", ""),
+                         "output": text.get("output", ""), "outcome": VARIANTS[vi],
+                         "ifd": float(self.choice.ifd[i]), "rifd": float(self.choice.rifd[i])})
+        return rows
+
+
+def decide(scores_rows: Iterable[dict] | SelectionTable, config: SelectionConfig | None = None) -> list[Decision]:
+    """Pure function: scores.jsonl rows (or a prepared table) -> one Decision per sample, in order."""
+    table = scores_rows if isinstance(scores_rows, SelectionTable) else SelectionTable(scores_rows)
+    return table.evaluate(config).decisions()
+
+
+def load_scores(run: Any) -> "Any":
+    """03_score/scores.jsonl as a long pandas DataFrame: one row per (sample, variant)."""
+    return scores_frame(SelectionTable.from_run(run))
+
+
+def scores_frame(table: SelectionTable) -> "Any":
+    import pandas as pd
+
+    parts = []
+    for v, vi in _V.items():
+        cols = np.flatnonzero(table.present[vi])
+        df = pd.DataFrame({k: table.scores[k][vi, cols] for k in SCORE_KEYS})
+        df.insert(0, "variant", v)
+        df.insert(0, "id", [table.ids[i] for i in cols])
+        df["words"] = table.words[vi, cols]
+        df["missing"] = [table.missing[vi][i] for i in cols]
+        df["instruction"] = [table.texts[vi][i]["instruction"] for i in cols]
+        df["output"] = [table.texts[vi][i]["output"] for i in cols]
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+from .selection_stage import run_select  # noqa: E402  (stage I/O lives next door; re-exported here)
+
+__all__ = ["VARIANTS", "OUTCOMES", "KEPT_OUTCOMES", "DROP_REASONS", "REFUSAL_PHRASES", "SelectionConfig",
+           "SelectionTable", "Selection", "Decision", "decide", "load_scores", "scores_frame", "run_select"]

@@ -1,0 +1,77 @@
+"""Stage 04 as a run step: read 03_score, decide, write the training set and the reasons.
+
+Why a separate module: `selection` is pure (rows in, decisions out) so the widgets can call it
+thousands of times; this module is the part that touches the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from .runs import Run, read_jsonl, write_json_atomic, write_jsonl_atomic
+
+OUTPUTS = ["selected.jsonl", "selected_dataset", "decisions.jsonl", "outcomes.json"]
+
+
+def _features() -> Any:
+    from datasets import Features, Value
+
+    return Features({"id": Value("string"), "instruction": Value("string"), "input": Value("string"),
+                     "output": Value("string"), "outcome": Value("string"), "ifd": Value("float64"),
+                     "rifd": Value("float64")})
+
+
+def _save_dataset(rows: list[dict], folder: Any) -> None:
+    """Write a `datasets` folder atomically: build it next door, then swap it in."""
+    from datasets import Dataset
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds = Dataset.from_list(rows, features=_features()) if rows else Dataset.from_dict(
+        {k: [] for k in _features()}, features=_features())
+    ds.save_to_disk(str(tmp), num_shards=1)  # 1 shard even when empty: 0 shards cannot be loaded back
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def run_select(run: Run, config: Any = None, *, force: bool = False) -> dict:
+    """Stage 04: write selected.jsonl, selected_dataset/, decisions.jsonl and outcomes.json.
+
+    Reuses the existing output when the config and 03_score's outputs are unchanged (force=True
+    redoes it). Returns the stage manifest; its counts hold total, kept, dropped and every outcome.
+    """
+    from .selection import SelectionConfig, SelectionTable
+
+    config = config or SelectionConfig()
+    cfg = config.as_dict()
+    if not force and run.is_current("select", cfg):
+        return run.manifest("select")
+    run.begin("select", cfg)  # raises MissingStageError naming 03_score when scores are absent
+    table = SelectionTable(read_jsonl(run.path("score", "scores.jsonl")))
+    selection = table.evaluate(config)
+    rows = selection.selected_rows()
+    write_jsonl_atomic(run.path("select", "selected.jsonl"), rows)
+    _save_dataset(rows, run.path("select", "selected_dataset"))
+    write_jsonl_atomic(run.path("select", "decisions.jsonl"), [d.as_dict() for d in selection.decisions()])
+    summary = selection.summary()
+    write_json_atomic(run.path("select", "outcomes.json"), summary)
+    counts = {k: v for k, v in summary.items() if isinstance(v, int) and (v or ":" not in k)}
+    return run.complete("select", cfg, OUTPUTS, counts=counts,
+                        extra={"passed_thresholds": summary["passed_thresholds"],
+                               "student_choice": summary["student_choice"]})
+
+
+def read_decisions(run: Run) -> list[dict]:
+    """decisions.jsonl of a finished selection (for later stages and the evaluation report)."""
+    run.require("select")
+    return read_jsonl(run.path("select", "decisions.jsonl"))
+
+
+def read_outcomes(run: Run) -> dict:
+    run.require("select")
+    return json.loads(run.path("select", "outcomes.json").read_text())
