@@ -51,6 +51,13 @@ Policies
   ``<thinking>``; otherwise an opener-less ``</thinking>`` is a
   ``stray_closing_tag`` whose message suggests it.
 * Offsets are character offsets into the input text (the decoded text for bytes).
+
+Diagnostic codes (stable).  Errors: ``no_tags``, ``missing_output``,
+``missing_thinking``, ``unclosed_tag`` (a warning for an ``<output>`` open at the
+end), ``stray_closing_tag``, ``misnested_tag``, ``nested_tag``,
+``reflection_outside_thinking``, ``multiple_thinking``, ``thinking_after_output``,
+``multiple_outputs``.  Warnings: ``nonstandard_tag``, ``empty_block``,
+``truncated``, ``unclosed_code_block``.  Info: ``literal_tag``.
 """
 
 from __future__ import annotations
@@ -138,7 +145,11 @@ class ParsedResponse:
 
     @property
     def answer(self) -> str | None:
-        """The first output's text; None without one or when a cut one is rejected."""
+        """The first output's text, else None.
+
+        With ``truncated=True`` and ``accept_partial_output=False`` a first output
+        lacking its closing tag is rejected (None); it is never replaced by reasoning.
+        """
         if not self.output_blocks:
             return None
         if self.truncated and not self.output_complete and not self.accept_partial_output:
