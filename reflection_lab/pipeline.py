@@ -23,8 +23,17 @@ def _data(run: Run, p: Profile, opts: dict) -> dict:
                     column_map=opts.get("column_map"), force=bool(opts.get("force")))
 
 
+def _score(run: Run, p: Profile, opts: dict) -> dict:
+    from .scoring import ScoreConfig, run_score
+
+    cfg = ScoreConfig(student=p.student, template=p.template, max_length=p.max_length,
+                      batch_tokens=p.score_batch_tokens, quant4=p.quant4_scoring, dtype=p.dtype, device=p.device)
+    return run_score(run, cfg, force=bool(opts.get("force")))
+
+
 STAGE_RUNNERS: dict[str, StageRunner] = {
     "data": _data,
+    "score": _score,
 }
 
 

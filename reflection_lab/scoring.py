@@ -163,9 +163,11 @@ def _dist():
     """(rank, world size, barrier) under `accelerate launch` / torchrun; (0, 1, no-op) otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, lambda: None
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # accelerate only forms a CPU process group when asked (cpu=True); on GPUs it picks NCCL itself.
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 
