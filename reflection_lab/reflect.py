@@ -83,7 +83,7 @@ def _markers(text: str) -> list[_Marker]:
 
 def _is_placeholder(value: str) -> bool:
     v = " ".join(value.strip().strip("[]()<>\"'`*").strip().rstrip(".:").lower().split())
-    return v in _PLACEHOLDERS or bool(_PLACEHOLDER_RE.match(v))
+    return not v or v in _PLACEHOLDERS or bool(_PLACEHOLDER_RE.match(v))  # "not v": only punctuation, e.g. "..."
 
 
 def parse_section(text: str, section: str, finish_reason: str | None = None) -> Parsed:
