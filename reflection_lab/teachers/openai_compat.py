@@ -75,7 +75,9 @@ class OpenAITeacher:
         if not self.model:
             raise ValueError("No teacher model: pass model=... or set REFLECTION_LAB_TEACHER_MODEL "
                              "(e.g. gpt-4o-mini, or the name your vLLM / llama.cpp server serves).")
-        self.base_url = base_url or _env("BASE_URL", "OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        # The full URL may carry user:password or a ?token=: kept hidden like the key; base_url shows a safe form.
+        self._url = _Secret(base_url or _env("BASE_URL", "OPENAI_BASE_URL") or "https://api.openai.com/v1")
+        self.base_url = safe_url(self._url.get())
         self._key = _Secret(api_key or _env("API_KEY", "OPENAI_API_KEY"))
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
@@ -88,18 +90,18 @@ class OpenAITeacher:
         self._rng = random.Random()
 
     def __repr__(self) -> str:
-        return f"OpenAITeacher(model={self.model!r}, base_url={safe_url(self.base_url)!r}, api_key={self._key!r})"
+        return f"OpenAITeacher(model={self.model!r}, base_url={self.base_url!r}, api_key={self._key!r})"
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "base_url": safe_url(self.base_url),
+        return {"backend": self.name, "model": self.model, "base_url": self.base_url,
                 "timeout_s": self.timeout_s, "max_retries": self.max_retries,
                 "has_api_key": bool(self._key.get()), "max_tokens_param": self.max_tokens_param}
 
     # -- error text without secrets ---------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        key = self._key.get()
-        if key and len(key) >= 4:
-            text = text.replace(key, "***")
+        for secret in (self._key.get(), self._url.get() if self._url.get() != self.base_url else None):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
         return text[:300]
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -124,7 +126,7 @@ class OpenAITeacher:
                         concurrency: int = 8) -> list[ChatReply]:
         from openai import AsyncOpenAI
 
-        client = AsyncOpenAI(api_key=self._key.get() or "EMPTY", base_url=self.base_url, timeout=self.timeout_s,
+        client = AsyncOpenAI(api_key=self._key.get() or "EMPTY", base_url=self._url.get(), timeout=self.timeout_s,
                              max_retries=0)
         sem = asyncio.Semaphore(max(1, concurrency))
 
