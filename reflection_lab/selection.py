@@ -166,8 +166,7 @@ class SelectionTable:
                     x = vs.get(k)
                     if x is None:
                         continue
-                    if type(x) is not float and (isinstance(x, bool) or not isinstance(x, (int, float))) \
-                            or not math.isfinite(x):
+                    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
                         self.notes[(vi, i, k)] = f"{k} is not a finite number ({x!r})"
                         continue
                     vals[k][vi][i] = x
@@ -175,6 +174,7 @@ class SelectionTable:
         self.present = np.array(present, dtype=bool).reshape(4, n)
         self._words: np.ndarray | None = None
         self._choices: dict[str, _Choice] = {}
+        self.cache: dict = {}  # derived data of figures (histogram bins and counts), kept with the table
         self._refusals: dict[tuple[str, ...], np.ndarray] = {}
 
     @classmethod

@@ -52,7 +52,7 @@ def _values(sel: Selection, metric: str, variant: str) -> np.ndarray:
 def _edges(table: SelectionTable, sel: Selection, metric: str, log: bool, bins: int) -> np.ndarray:
     """Bin edges fixed per table and metric, so moving a slider moves only the line and the kept trace."""
     key = ("edges", sel.config.score_form, metric, log, bins)
-    cache = table.__dict__.setdefault("_viz_cache", {})
+    cache = table.cache
     if key not in cache:
         allv = np.concatenate([_values(sel, metric, v) for v in VARIANTS])
         if log:
@@ -89,7 +89,7 @@ def score_histogram(data: Selection | SelectionTable, metric: str = "ifd", *, co
     cfg = sel.config
     threshold = cfg.ifd_max if metric == "ifd" else cfg.rifd_max
     edges = _edges(sel.table, sel, metric, log, bins)
-    cache = sel.table.__dict__.setdefault("_viz_cache", {})
+    cache = sel.table.cache
     traces = []
     notes = []
     for v in list(variants) + (["selected"] if show_selected else []):

@@ -74,7 +74,7 @@ def prompt_text(t: dict | None) -> str:
 class JsonlIndex:
     """Byte offsets of a JSONL file's rows by key, so one row is read without loading the file.
 
-    token_losses.jsonl can hold hundreds of MB; the index reads each line's head once.
+    token_losses.jsonl can hold hundreds of MB; the index scans it once and parses only the row shown.
     """
 
     def __init__(self, path: str | Path, fields: tuple[str, ...] = ("id",)):
@@ -84,8 +84,9 @@ class JsonlIndex:
         self._patterns = [re.compile(rb'"' + f.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.)*)"') for f in fields]
 
     def _key(self, line: bytes) -> tuple | None:
-        head = line[:1024]
-        found = [p.search(head) for p in self._patterns]
+        # Safe on whole lines: inside a JSON string every quote is escaped, so '"id": "' only
+        # matches a real key (nested objects with an "id" key do not occur in these files).
+        found = [p.search(line) for p in self._patterns]
         if all(found):
             return tuple(json.loads(b'"' + m.group(1) + b'"') for m in found)
         try:
