@@ -364,7 +364,7 @@ def decide(scores_rows: Iterable[dict] | SelectionTable, config: SelectionConfig
     return table.evaluate(config).decisions()
 
 
-def load_scores(run: Any) -> "Any":
+def load_scores_frame(run: Any) -> "Any":
     """03_score/scores.jsonl as a long pandas DataFrame: one row per (sample, variant)."""
     return scores_frame(SelectionTable.from_run(run))
 
@@ -389,4 +389,4 @@ def scores_frame(table: SelectionTable) -> "Any":
 from .selection_stage import run_select  # noqa: E402  (stage I/O lives next door; re-exported here)
 
 __all__ = ["VARIANTS", "OUTCOMES", "KEPT_OUTCOMES", "DROP_REASONS", "REFUSAL_PHRASES", "SelectionConfig",
-           "SelectionTable", "Selection", "Decision", "decide", "load_scores", "scores_frame", "run_select"]
+           "SelectionTable", "Selection", "Decision", "decide", "load_scores_frame", "scores_frame", "run_select"]

@@ -202,7 +202,8 @@ def selection_sankey(data: Selection | SelectionTable, *, config: SelectionConfi
             colors.append(color)
 
     take_q = ch.take_q
-    for flag, key, label in ((False, "i:original", "original instruction"), (True, "i:reflect", "reflected instruction")):
+    instruction_nodes = ((False, "i:original", "original instruction"), (True, "i:reflect", "reflected instruction"))
+    for flag, key, label in instruction_nodes:
         n = int((take_q == flag).sum())
         if n:
             link(0, idx(key, f"{label} ({n})"), n, "rgba(150,150,150,0.35)")

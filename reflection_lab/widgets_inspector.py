@@ -228,7 +228,8 @@ class InspectorState:
     def _heatmap(self, sid: str, variant: str) -> str:
         rec = self.token_losses.get(sid, variant) if self.token_losses else None
         if not rec:
-            return f"<p><small>No per-token losses for {html.escape(variant)} (03_score/token_losses.jsonl).</small></p>"
+            return (f"<p><small>No per-token losses for {html.escape(variant)} "
+                    "(03_score/token_losses.jsonl).</small></p>")
         tokens, cond, direct = rec.get("tokens") or [], rec.get("cond") or [], rec.get("direct") or []
         gain = [d - c for c, d in zip(cond, direct)]
         mean = f"{np.mean(cond):.3f}" if cond else "n/a"

@@ -10,7 +10,8 @@ import pytest
 from scored_run import scored_row, synthetic_rows, write_scored_run
 
 from reflection_lab.runs import MissingStageError
-from reflection_lab.selection import (OUTCOMES, SelectionConfig, SelectionTable, decide, load_scores, run_select)
+from reflection_lab.selection import (OUTCOMES, SelectionConfig, SelectionTable, decide, load_scores_frame,
+                                      run_select)
 
 FULL = ("original", "reflect_instruction", "reflect_response", "reflect_both")
 
@@ -46,7 +47,8 @@ def test_lower_reflected_ifd_keeps_original_instruction():
 # ----------------------------------------------------------------- step 2: answer
 
 
-@pytest.mark.parametrize("rb, want", [(0.4, "reflect_both"), (0.5, "reflect_instruction"), (0.6, "reflect_instruction")])
+@pytest.mark.parametrize("rb, want", [(0.4, "reflect_both"), (0.5, "reflect_instruction"),
+                                      (0.6, "reflect_instruction")])
 def test_answer_choice_after_reflected_instruction(rb, want):
     # compares reflect_both against reflect_instruction (r-IFD 0.5); the original's r-IFD is irrelevant here
     d = one({"original": (0.5, 0.1), "reflect_instruction": (0.6, 0.5), "reflect_response": (0.5, 0.01),
@@ -370,7 +372,7 @@ def test_run_select_without_scores_names_the_stage(run):
 
 def test_load_scores_frame(run):
     write_scored_run(run, _rows())
-    df = load_scores(run)
+    df = load_scores_frame(run)
     assert len(df) == 4 + 4 + 2 + 2 + 2
     assert {"id", "variant", "ifd", "rifd", "ifd_loss", "missing", "words"} <= set(df.columns)
     assert df.loc[df.id == "miss"].missing.iloc[0] == "empty answer"
