@@ -140,6 +140,17 @@ def test_missing_current_rifd_drops_the_pair(take_q):
     assert d.answer_choice.startswith(f"{cur} r-IFD missing")
 
 
+@pytest.mark.parametrize("take_q", [True, False])
+def test_chosen_reflected_pair_with_missing_ifd_is_dropped(take_q):
+    # the reflected answer wins on r-IFD, but its own IFD is missing: the final check must not pass it
+    spec = {"original": (0.5, 0.6), "reflect_instruction": (0.7 if take_q else 0.4, 0.5),
+            "reflect_response": (None, 0.1), "reflect_both": (None, 0.1)}
+    d = one(spec)
+    assert d.chosen_variant == ("reflect_both" if take_q else "reflect_response")
+    assert d.outcome == "dropped:missing_score" and d.ifd is None and d.rifd == 0.1
+    assert d.reason.startswith("missing score: missing in test") and "has no ifd" in d.reason
+
+
 def test_absent_variants_and_bad_numbers_count_as_missing():
     d = one({"original": (0.5, 0.6)}, SelectionConfig(keep_unreflected_answers=True))
     assert "no 'reflect_instruction' variant" in d.instruction_choice and d.kept
