@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from .runs import Journal, Run, read_jsonl, write_jsonl_atomic
 from .teachers import ChatReply, ChatRequest, Teacher, make_teacher

@@ -203,3 +203,14 @@ def test_local_decode_keeps_reflection_tags_even_as_special_tokens(tiny_llama_pa
     text, finish = t._decode(ids + [tok.eos_token_id] + ids)
     assert text.replace(" ", "") == "<thinking>add</thinking>4" and finish == "stop"
     assert t._decode(ids)[1] == "length"
+
+
+def test_openai_cancelled_run_starts_no_request_and_journals_nothing():
+    import threading
+
+    t = OpenAITeacher("m", base_url=f"http://127.0.0.1:{_closed_port()}/v1")
+    cancel = threading.Event()
+    cancel.set()  # what an interrupted notebook cell sets
+    seen = []
+    out = asyncio.run(t.agenerate([ChatRequest.make(t, MSGS)], seen.append, 2, cancel))
+    assert out[0].error == "cancelled" and out[0].attempts == 0 and seen == []

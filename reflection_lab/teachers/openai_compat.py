@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -114,16 +115,23 @@ class OpenAITeacher:
     def generate(self, requests: Sequence[ChatRequest], on_reply: OnReply | None = None, *,
                  concurrency: int | None = None) -> list[ChatReply]:
         """Blocking entry point; safe inside a running event loop (Jupyter) via a worker thread."""
-        coro_args = (list(requests), on_reply, concurrency or self.concurrency)
+        cancel = threading.Event()
+        coro_args = (list(requests), on_reply, concurrency or self.concurrency, cancel)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.agenerate(*coro_args))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher") as pool:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher")
+        try:
             return pool.submit(asyncio.run, self.agenerate(*coro_args)).result()
+        except BaseException:
+            cancel.set()  # an interrupted cell: start no new request; replies in flight still reach on_reply
+            raise
+        finally:
+            pool.shutdown(wait=False)
 
     async def agenerate(self, requests: Sequence[ChatRequest], on_reply: OnReply | None = None,
-                        concurrency: int = 8) -> list[ChatReply]:
+                        concurrency: int = 8, cancel: threading.Event | None = None) -> list[ChatReply]:
         from openai import AsyncOpenAI
 
         client = AsyncOpenAI(api_key=self._key.get() or "EMPTY", base_url=self._url.get(), timeout=self.timeout_s,
@@ -131,8 +139,8 @@ class OpenAITeacher:
         sem = asyncio.Semaphore(max(1, concurrency))
 
         async def one(req: ChatRequest) -> ChatReply:
-            rep = await self._ask(client, sem, req)
-            if on_reply:
+            rep = await self._ask(client, sem, req, cancel)
+            if on_reply and rep.error != "cancelled":
                 on_reply(rep)
             return rep
 
@@ -141,11 +149,14 @@ class OpenAITeacher:
         finally:
             await client.close()
 
-    async def _ask(self, client: Any, sem: asyncio.Semaphore, req: ChatRequest) -> ChatReply:
+    async def _ask(self, client: Any, sem: asyncio.Semaphore, req: ChatRequest,
+                   cancel: threading.Event | None = None) -> ChatReply:
         t0 = time.perf_counter()
         last = "no attempt made"
         for attempt in range(1, self.max_retries + 2):
             async with sem:
+                if cancel is not None and cancel.is_set():
+                    return error_reply(req, "cancelled", attempts=attempt - 1)
                 retry, retry_after, result = await self._attempt(client, req)
             if isinstance(result, ChatReply):
                 return ChatReply(key=req.key, text=result.text, finish_reason=result.finish_reason, attempts=attempt,
