@@ -247,3 +247,15 @@ def test_kill_9_mid_run_then_resume_repeats_nothing_and_matches_byte_for_byte(se
         assert asked[f"{rec['sample_id']}/{rec['task']}"] == 1
     assert sum(asked.values()) <= 36 + 3  # at most the requests in flight at the kill were asked twice
     assert run.path("reflect", "reflections.jsonl").read_bytes() == ref.path("reflect", "reflections.jsonl").read_bytes()
+
+
+def test_fault_plan_and_reasoning_split_units():
+    from reflection_lab.server import FaultPlan, split_reasoning
+
+    plan = FaultPlan.from_dict({"sequence": ["429", "drop"], "by_key": {"a/t": ["500"]}})
+    assert [plan.next("a/t"), plan.next("a/t"), plan.next("b/t"), plan.next("b/t")] == ["500", "429", "drop", "ok"]
+    with pytest.raises(ValueError, match="unknown fault"):
+        FaultPlan.from_dict({"sequence": ["explode"]})
+    assert split_reasoning("<thinking>\nr\n</thinking>\n<output>o</output>") == ("r", "<output>o</output>")
+    assert split_reasoning("plain") == (None, "plain")
+    assert split_reasoning("<thinking>cut off") == ("cut off", "")
