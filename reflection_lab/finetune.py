@@ -23,6 +23,7 @@ under several processes: `accelerate launch --multi_gpu --num_processes 2 -m ref
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -232,6 +233,10 @@ def build_model(config: FinetuneConfig, tokenizer: Any, info: Any) -> tuple[Any,
     lcfg = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.target_modules, task_type="CAUSAL_LM", bias="none", **lora_kwargs)
     model = get_peft_model(model, lcfg)
+    if tag_ids:
+        # peft would save the whole resized embedding (and the tied head) with every checkpoint because the
+        # vocabulary grew; the six trained rows already hold everything the base lacks.
+        model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     trainable, total = model.get_nb_trainable_parameters()
     facts.update(trainable_parameters=int(trainable), all_parameters=int(total))
     return model, facts

@@ -284,7 +284,7 @@ class LengthGroupedSampler:
     which after a resume is in a different state than in the uninterrupted run, so the resumed run
     would see other batches. Here the order depends only on `seed` and the epoch set by the Trainer.
     Within a window of `mega` batches the samples are sorted by length and cut into batches; the
-    batches are then shuffled, and the longest batch goes first so an out-of-memory error shows at step 1.
+    full batches are then shuffled (a short one stays last), and the longest batch goes first so an out-of-memory error shows at step 1.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega: int = 50):
@@ -309,11 +309,14 @@ class LengthGroupedSampler:
         for start in range(0, len(idx), window):
             chunk = sorted(idx[start:start + window], key=lambda i: -self.lengths[i])
             batches += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        # a short batch must stay last: the DataLoader cuts the flat order every batch_size indices
+        tail = [b for b in batches if len(b) < self.batch_size]
+        batches = [b for b in batches if len(b) == self.batch_size]
         rng.shuffle(batches)
         if batches:
             longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
             batches[0], batches[longest] = batches[longest], batches[0]
-        return [i for b in batches for i in b]
+        return [i for b in batches + tail for i in b]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order())

@@ -25,6 +25,20 @@ WORDS = "apples rivers code answer check total model city seven bridge loop sum"
 _BETTER = re.compile(r"\[Better Answer\]\s*(.*?)\s*\[End\]", re.S)
 
 
+def one_thread():
+    """Generator for an autouse fixture: 1 torch thread while a test module runs, then restore.
+
+    Why: the tiny model gains nothing from 2 threads, and on a shared 2-core machine OpenMP's
+    spinning threads make every step 20x slower when another process holds a core.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_selected_run(root: str | Path, rows: list[dict], config: dict | None = None) -> Run:
     """A run whose 04_select is complete with exactly `rows` as selected.jsonl."""
     run = Run(root)
@@ -45,7 +59,7 @@ def tiny_rows(n: int = 24, seed: int = 0, min_words: int = 2, max_words: int = 4
     for k in range(n):
         q = "Explain " + " ".join(rng.choices(WORDS, k=rng.randint(2, 8)))
         think = " ".join(rng.choices(WORDS, k=rng.randint(min_words, max_words)))
-        ans = " ".join(rng.choices(WORDS, k=rng.randint(min_words, max_words // 2)))
+        ans = " ".join(rng.choices(WORDS, k=rng.randint(min_words, max(min_words, max_words // 2))))
         out = (f"<thinking>\n{think}\n<reflection>\ncheck {rng.choice(WORDS)}\n</reflection>\n</thinking>\n"
                f"<output>\n{ans}\n</output>")
         rows.append({"id": f"s{k:03d}", "instruction": q, "input": "", "output": out})
