@@ -153,7 +153,7 @@ class ScoreConfig:
     quant4: bool = False
     dtype: str = "auto"
     device: str = "auto"
-    padding_side: str = "right"
+    padding_side: str = "auto"  # auto: packed rows on a CPU, right-padded batches on a GPU
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)

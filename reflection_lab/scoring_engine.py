@@ -6,8 +6,12 @@ fails. Here every score is a mean cross-entropy over an exactly known token span
 
 * A scored sequence is an `Item`: `prefix` token ids (context, not scored) + `target` ids
   (scored). Prefix and target are tokenised separately, so the span is exact by construction.
-* Items are length-sorted into batches under a token budget, padded (right or left) with
-  explicit position ids, and deduplicated (s(Q) is shared by variants with the same instruction).
+* Items are deduplicated (s(Q) is shared by variants with the same instruction), then either
+  length-sorted into padded batches (right or left padding, explicit position ids) or packed
+  into rows without padding (position ids restart per item; transformers turns that into a
+  block-diagonal mask, so items never attend to each other). Packing wins on CPUs, where a
+  135M model's matmuls are already efficient at batch 1 and padding is pure waste; padded
+  batches win on GPUs.
 * Only the hidden states at target positions go through the LM head, in row chunks, so fp32
   logits for a whole batch (16 x 2048 x 128k = 16 GiB) never exist.
 * Out of memory halves the batch budget and retries.
@@ -76,19 +80,41 @@ def plan_batches(items: list[Item], batch_tokens: int, max_batch_size: int) -> l
     return batches
 
 
+def plan_packed(items: list[Item], capacity: int) -> list[list[Item]]:
+    """Best-fit decreasing bin packing of items into rows of at most `capacity` tokens."""
+    import bisect
+
+    rows: list[list[Item]] = []
+    free: list[tuple[int, int]] = []  # (remaining capacity, row index), sorted
+    for it in sorted(items, key=lambda x: (-len(x), x.key)):
+        need = len(it)
+        pos = bisect.bisect_left(free, (need, -1))
+        if pos < len(free):
+            room, r = free.pop(pos)
+            rows[r].append(it)
+            bisect.insort(free, (room - need, r))
+        else:
+            rows.append([it])
+            bisect.insort(free, (max(capacity, need) - need, len(rows) - 1))
+    return rows
+
+
 class LossEngine:
     """Mean and per-token cross-entropy of each item's target tokens under a causal LM."""
 
     def __init__(self, model, *, pad_id: int, batch_tokens: int = 4096, max_batch_size: int = 64,
-                 padding_side: str = "right", chunk_rows: int = 1024):
-        if padding_side not in ("right", "left"):
-            raise ValueError("padding_side must be 'right' or 'left'")
+                 padding_side: str = "right", chunk_rows: int = 1024, pack_tokens: int = 512):
+        if padding_side == "auto":
+            padding_side = "right" if next(model.parameters()).device.type == "cuda" else "packed"
+        if padding_side not in ("right", "left", "packed"):
+            raise ValueError("padding_side must be 'right', 'left', 'packed' or 'auto'")
         self.model = model
         self.pad_id = pad_id
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         self.padding_side = padding_side
         self.chunk_rows = chunk_rows
+        self.pack_tokens = pack_tokens  # packed rows stay short: attention cost grows with the row's square
         self.device = next(model.parameters()).device
         self.tokens_scored = 0
         self._head_only = self._check_head_only()
@@ -123,18 +149,57 @@ class LossEngine:
     def _target_logits(self, input_ids, attention_mask, position_ids, rows, cols) -> Iterable[torch.Tensor]:
         if self._head_only:
             hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                           position_ids=position_ids).last_hidden_state
+                                           position_ids=position_ids, use_cache=False).last_hidden_state
             picked = hidden[rows, cols]
             for start in range(0, picked.shape[0], self.chunk_rows):
                 yield self._head(picked[start:start + self.chunk_rows])
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).logits
             picked = logits[rows, cols]
             for start in range(0, picked.shape[0], self.chunk_rows):
                 yield picked[start:start + self.chunk_rows].float()
 
     # -- one batch ---------------------------------------------------------------------------------
+    def _pack_row(self, batch: list[Item]):
+        """One row holding every item back to back; positions restart per item."""
+        ids, pos, rows, cols, targets = [], [], [], [], []
+        for it in batch:
+            start = len(ids)
+            seq = list(it.prefix) + list(it.target)
+            ids += seq
+            pos += list(range(len(seq)))
+            first = start + len(it.prefix)
+            cols += list(range(first - 1, first - 1 + len(it.target)))
+            targets += list(it.target)
+        rows = [0] * len(cols)
+        return (torch.tensor([ids]), None, torch.tensor([pos]), rows, cols, targets)
+
     def forward_batch(self, batch: list[Item]) -> list[ItemLoss]:
+        if self.padding_side == "packed":
+            input_ids, attention_mask, position_ids, rows, cols, targets = self._pack_row(batch)
+        else:
+            input_ids, attention_mask, position_ids, rows, cols, targets = self._pad_batch(batch)
+        dev = self.device
+        rows_t, cols_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
+        tgt = torch.tensor(targets, device=dev)
+        losses: list[torch.Tensor] = []
+        with torch.inference_mode():
+            done = 0
+            mask = attention_mask.to(dev) if attention_mask is not None else None
+            for chunk in self._target_logits(input_ids.to(dev), mask, position_ids.to(dev), rows_t, cols_t):
+                losses.append(F.cross_entropy(chunk, tgt[done:done + chunk.shape[0]], reduction="none"))
+                done += chunk.shape[0]
+        flat = torch.cat(losses).double().cpu().tolist()
+        out, i = [], 0
+        for it in batch:
+            seg = flat[i:i + len(it.target)]
+            i += len(it.target)
+            out.append(ItemLoss(mean=math.fsum(seg) / len(seg), losses=seg))
+        self.tokens_scored += sum(len(it) for it in batch)
+        return out
+
+    def _pad_batch(self, batch: list[Item]):
         width = max(len(it) for it in batch)
         n = len(batch)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -151,24 +216,12 @@ class LossEngine:
             rows += [r] * len(it.target)
             cols += list(range(first - 1, first - 1 + len(it.target)))
             targets += list(it.target)
-        dev = self.device
-        rows_t, cols_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
-        tgt = torch.tensor(targets, device=dev)
-        losses: list[torch.Tensor] = []
-        with torch.inference_mode():
-            done = 0
-            for chunk in self._target_logits(input_ids.to(dev), attention_mask.to(dev), position_ids.to(dev),
-                                             rows_t, cols_t):
-                losses.append(F.cross_entropy(chunk, tgt[done:done + chunk.shape[0]], reduction="none"))
-                done += chunk.shape[0]
-        flat = torch.cat(losses).double().cpu().tolist()
-        out, i = [], 0
-        for it in batch:
-            seg = flat[i:i + len(it.target)]
-            i += len(it.target)
-            out.append(ItemLoss(mean=math.fsum(seg) / len(seg), losses=seg))
-        self.tokens_scored += sum(len(it) for it in batch)
-        return out
+        return input_ids, attention_mask, position_ids, rows, cols, targets
+
+    def _plan(self, items: list[Item]) -> list[list[Item]]:
+        if self.padding_side == "packed":
+            return plan_packed(items, min(self.batch_tokens, self.pack_tokens))
+        return plan_batches(items, self.batch_tokens, self.max_batch_size)
 
     # -- many items --------------------------------------------------------------------------------
     def score(self, items: Iterable[Item], *, done: dict[str, ItemLoss] | None = None,
@@ -176,12 +229,15 @@ class LossEngine:
               shard: tuple[int, int] = (0, 1), progress: bool = False) -> dict[str, ItemLoss]:
         """Score unique items not in `done`; `shard=(rank, world)` takes every world-th batch of the global plan."""
         results: dict[str, ItemLoss] = dict(done or {})
-        unique = {it.key: it for it in items if it.key not in results}
+        unique = {it.key: it for it in items}
         for it in unique.values():
             if not it.target:
                 raise ValueError("an Item needs at least one target token")
         rank, world = shard
-        pending = plan_batches(list(unique.values()), self.batch_tokens, self.max_batch_size)[rank::world]
+        # Shard the plan of *all* items, then drop finished ones: every process then agrees on who scores
+        # what, even if another process has already journalled part of its share.
+        pending = [[it for it in b if it.key not in results] for b in self._plan(list(unique.values()))[rank::world]]
+        pending = [b for b in pending if b]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -201,9 +257,10 @@ class LossEngine:
                         f"Out of memory scoring one sequence of {len(batch[0])} tokens. Lower max_length, load the "
                         "student in 4-bit (quant4_scoring=True), or use a smaller student.") from exc
                 # Halve the budget and re-plan everything left, so later batches do not hit the same wall.
-                self.batch_tokens = max(1, min(self.batch_tokens, len(batch) * len(batch[0])) // 2)
+                used = sum(len(it) for it in batch) if self.padding_side == "packed" else len(batch) * len(batch[0])
+                self.batch_tokens = max(1, min(self.batch_tokens, used) // 2)
                 rest = batch + [it for b in pending for it in b]
-                pending = plan_batches(rest, max(self.batch_tokens, len(batch[0])), self.max_batch_size)
+                pending = self._plan(rest)
                 continue
             pairs = list(zip(batch, losses))
             for it, loss in pairs:

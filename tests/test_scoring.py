@@ -32,7 +32,7 @@ def student(request):
     return request.param, load_model(request.param), load_tokenizer(request.param)
 
 
-@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("padding_side", ["right", "left", "packed"])
 def test_engine_matches_one_at_a_time_reference(student, padding_side):
     name, model, tok = student
     enc = PairEncoder(tok, template="chat", max_length=4096)

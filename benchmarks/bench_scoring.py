@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""IFD / r-IFD scoring: the reference-style loop vs the lab's engine, side by side in one run.
+
+The reference-style loop does what the public IFD code does: one sequence at a time, each of
+the four passes separately, fp32 weights, full-vocabulary logits with `output_hidden_states=True`,
+loss from `labels` with the prompt masked. The engine scores the same token spans in
+length-sorted batches, deduplicated, with the LM head applied to answer positions only.
+
+Both see the same model and the same (prompt, target) token spans, so tokens/s compare like
+for like; the script also checks that both give the same scores. Peak memory is the resident
+set's high-water mark (reset between phases through /proc/self/clear_refs on Linux) on a CPU,
+torch.cuda.max_memory_allocated on a GPU.
+
+    python benchmarks/bench_scoring.py                       # tiny student + SmolLM2-135M
+    python benchmarks/bench_scoring.py --models tiny-llama   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from reflection_lab.data import repo_data_dir  # noqa: E402
+from reflection_lab.models import load_model, load_tokenizer  # noqa: E402
+from reflection_lab.scoring import PairEncoder  # noqa: E402
+from reflection_lab.scoring_engine import Item, LossEngine  # noqa: E402
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_mib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_loop(model, items: list[Item]) -> dict[str, float]:
+    """Batch size 1, every pass on its own (no sharing), full logits, labels-based loss."""
+    out = {}
+    dev = next(model.parameters()).device
+    for it in items:
+        ids = torch.tensor([list(it.prefix) + list(it.target)], device=dev)
+        labels = ids.clone()
+        labels[0, :len(it.prefix)] = -100
+        with torch.no_grad():
+            res = model(input_ids=ids, output_hidden_states=True)
+            logits = res.logits.float()
+            loss = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+        out[it.key] = loss.item()
+    return out
+
+
+def workload(tok, n: int, max_length: int) -> tuple[list[Item], int]:
+    """Four passes for each of the 4 versions of n workshop samples (original + teacher replies)."""
+    rows = [json.loads(x) for x in open(repo_data_dir() / "workshop.jsonl")]
+    replay = {}
+    for x in open(repo_data_dir() / "workshop_replay.jsonl"):
+        r = json.loads(x)
+        replay[(r["sample_id"], r["task"])] = r["text"]
+    enc = PairEncoder(tok, template="chat", max_length=max_length)
+    items: list[Item] = []
+    for row in rows[:n]:
+        answers = [row["output"]]
+        for task in ("reflect_response", "reflect_instruction"):
+            text = replay.get((row["id"], task), "")
+            if "[Better Answer]" in text:
+                answers.append(text.split("[Better Answer]", 1)[1].split("[End]")[0].strip())
+        for ans in answers:
+            its, _ = enc.items(row["instruction"], row["input"], ans)
+            items += [x for x in its.values() if isinstance(x, Item)]
+    return items, len(rows[:n])
+
+
+def bench(model_name: str, n: int, max_length: int, batch_tokens: int, device: str) -> dict:
+    tok = load_tokenizer(model_name)
+    model = load_model(model_name)
+    if device == "cuda":
+        model.to("cuda")
+    items, n_samples = workload(tok, n, max_length)
+    ref_items = items  # the reference scores every pass, shared or not
+    uniq = {it.key: it for it in items}
+    tokens = sum(len(it) for it in ref_items)
+    # warm-up (first calls allocate and pick kernels)
+    reference_loop(model, ref_items[:2])
+    LossEngine(model, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0).score(ref_items[:8])
+
+    reset_peak()
+    t0 = time.perf_counter()
+    ref = reference_loop(model, ref_items)
+    t_ref = time.perf_counter() - t0
+    mem_ref = peak_mib()
+
+    reset_peak()
+    t0 = time.perf_counter()
+    engine = LossEngine(model, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+                        batch_tokens=batch_tokens)
+    got = engine.score(ref_items)
+    t_eng = time.perf_counter() - t0
+    mem_eng = peak_mib()
+    max_diff = max(abs(ref[k] - got[k].mean) for k in ref)
+    return {"model": model_name, "samples": n_samples, "passes": len(ref_items), "unique_passes": len(uniq),
+            "tokens": tokens, "ref_tok_s": tokens / t_ref, "engine_tok_s": tokens / t_eng,
+            "ratio": t_ref / t_eng, "ref_peak_mib": mem_ref, "engine_peak_mib": mem_eng,
+            "max_abs_diff": max_diff, "ref_s": t_ref, "engine_s": t_eng}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="tiny-llama,smollm2-135m")
+    ap.add_argument("--n", type=int, default=0, help="samples per model (default: 100 tiny, 16 SmolLM2)")
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--batch-tokens", type=int, default=8192)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device: {device} ({torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'}), "
+          f"torch threads: {torch.get_num_threads()}")
+    for name in args.models.split(","):
+        n = args.n or (100 if name.startswith("tiny") else 16)
+        r = bench(name, n, args.max_length, args.batch_tokens, device)
+        print(f"{r['model']}: {r['samples']} samples, {r['passes']} passes ({r['unique_passes']} unique), "
+              f"{r['tokens']} tokens")
+        print(f"  reference-style loop: {r['ref_tok_s']:9.0f} tokens/s  ({r['ref_s']:.1f} s, peak {r['ref_peak_mib']:.0f} MiB)")
+        print(f"  lab engine:           {r['engine_tok_s']:9.0f} tokens/s  ({r['engine_s']:.1f} s, peak {r['engine_peak_mib']:.0f} MiB)")
+        print(f"  speed-up: {r['ratio']:.2f}x   max |score difference|: {r['max_abs_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
