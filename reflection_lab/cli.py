@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, device, precision, profiles and the model menu")
     prep = sub.add_parser("prepare", help="build or convert offline models into the cache")
     prep.add_argument("models", nargs="*", default=["tiny-llama", "tiny-gpt2", "smollm2-135m"])
+    sv = sub.add_parser("serve", help="the lab's OpenAI-compatible server (see python -m reflection_lab.server -h)")
+    sv.add_argument("rest", nargs=argparse.REMAINDER)
     st = sub.add_parser("status", help="which stages of a run are done")
     st.add_argument("--run", required=True)
     for stage in STAGE_RUNNERS:
@@ -48,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--eval", help="evaluation data (default: workshop-eval)")
             sp.add_argument("--column-map", help="e.g. instruction=prompt,output=response")
             sp.add_argument("--strict", action="store_true", help="stop on the first bad rows")
+        if stage == "reflect":
+            sp.add_argument("--teacher", help="replay | replay:<file> | openai | openai:<model> | local:<model>")
+            sp.add_argument("--style", choices=["reflection", "plain"], help="answer format asked of the teacher")
+            sp.add_argument("--concurrency", type=int, help="parallel teacher requests (default 8)")
+        if stage == "select":
+            sp.add_argument("--ifd-max", type=float)
+            sp.add_argument("--rifd-max", type=float)
+            sp.add_argument("--top-k", type=float, dest="top_k_percent", help="keep the top k%% by IFD")
+            sp.add_argument("--top-k-of", choices=["kept", "all"])
+            sp.add_argument("--min-words", type=int)
+            sp.add_argument("--max-words", type=int)
+            sp.add_argument("--drop-refusals", action="store_true", default=None)
+            sp.add_argument("--keep-unreflected-answers", action="store_true", default=None)
+            sp.add_argument("--score-form", choices=["ppl", "loss"])
     rp = sub.add_parser("run", help="the whole pipeline")
     _common(rp)
     rp.add_argument("--stages", help="comma-separated subset, in order")
@@ -78,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .runs import MissingStageError, Run
 
+    if args.cmd == "serve":
+        from .server import main as serve_main
+
+        return serve_main(args.rest) or 0
+
     if args.cmd == "status":
         for stage, state in Run(args.run).status().items():
             print(f"{stage:9s} {state}")
@@ -89,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_profile(args.profile, **{k: _parse_value(v) for k, v in overrides.items()})
     run = Run(args.run or Path("runs") / profile.name)
     opts = {"force": args.force}
-    for name in ("train", "eval", "strict"):
+    for name in ("train", "eval", "strict", "teacher", "style", "concurrency"):
         if getattr(args, name, None) is not None:
             opts[name] = getattr(args, name)
+    sel = {k: getattr(args, k) for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
+                                         "drop_refusals", "keep_unreflected_answers", "score_form")
+           if getattr(args, k, None) is not None}
+    if sel:
+        opts["selection"] = sel
     if getattr(args, "column_map", None):
         opts["column_map"] = _column_map(args.column_map)
     try:

@@ -23,6 +23,17 @@ def _data(run: Run, p: Profile, opts: dict) -> dict:
                     column_map=opts.get("column_map"), force=bool(opts.get("force")))
 
 
+def _reflect(run: Run, p: Profile, opts: dict) -> dict:
+    from .reflect import make_teacher, run_reflect
+
+    teacher_spec = opts.get("teacher") or p.teacher
+    kw = {"model": p.teacher_model} if p.teacher_model else {}
+    teacher = make_teacher(teacher_spec, **kw)
+    extra = {"max_tokens": p.max_new_tokens} if teacher_spec.startswith("local") else {}
+    return run_reflect(run, teacher, style=opts.get("style") or "reflection",
+                       concurrency=int(opts.get("concurrency") or 8), force=bool(opts.get("force")), **extra)
+
+
 def _score(run: Run, p: Profile, opts: dict) -> dict:
     from .scoring import ScoreConfig, run_score
 
@@ -31,9 +42,20 @@ def _score(run: Run, p: Profile, opts: dict) -> dict:
     return run_score(run, cfg, force=bool(opts.get("force")))
 
 
+def _select(run: Run, p: Profile, opts: dict) -> dict:
+    from .selection import SelectionConfig, run_select
+
+    fields = {"ifd_max": p.ifd_max, "rifd_max": p.rifd_max, "top_k_percent": p.top_k_percent,
+              "keep_unreflected_answers": p.keep_unreflected_answers}
+    fields.update(opts.get("selection") or {})
+    return run_select(run, SelectionConfig(**fields), force=bool(opts.get("force")))
+
+
 STAGE_RUNNERS: dict[str, StageRunner] = {
     "data": _data,
+    "reflect": _reflect,
     "score": _score,
+    "select": _select,
 }
 
 

@@ -161,23 +161,37 @@ class LossEngine:
                 yield picked[start:start + self.chunk_rows].float()
 
     # -- one batch ---------------------------------------------------------------------------------
-    def _pack_row(self, batch: list[Item]):
-        """One row holding every item back to back; positions restart per item."""
-        ids, pos, rows, cols, targets = [], [], [], [], []
-        for it in batch:
-            start = len(ids)
-            seq = list(it.prefix) + list(it.target)
-            ids += seq
-            pos += list(range(len(seq)))
-            first = start + len(it.prefix)
-            cols += list(range(first - 1, first - 1 + len(it.target)))
-            targets += list(it.target)
-        rows = [0] * len(cols)
-        return (torch.tensor([ids]), None, torch.tensor([pos]), rows, cols, targets)
+    def _pack_rows(self, batch: list[Item]):
+        """Rows holding items back to back (positions restart per item), padded to one width.
+
+        Padding at a row's end restarts its positions too, so it forms its own segment that no
+        item attends to. Returns the items in row order, which is the order of the losses.
+        """
+        rows = plan_packed(batch, min(self.batch_tokens, self.pack_tokens))
+        width = max(sum(len(it) for it in row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        rr, cols, targets, order = [], [], [], []
+        for r, row in enumerate(rows):
+            at = 0
+            for it in row:
+                seq = list(it.prefix) + list(it.target)
+                ids[r, at:at + len(seq)] = torch.tensor(seq)
+                pos[r, at:at + len(seq)] = torch.arange(len(seq))
+                first = at + len(it.prefix)
+                rr += [r] * len(it.target)
+                cols += list(range(first - 1, first - 1 + len(it.target)))
+                targets += list(it.target)
+                order.append(it)
+                at += len(seq)
+            pos[r, at:] = torch.arange(width - at)
+        return ids, None, pos, rr, cols, targets, order
 
     def forward_batch(self, batch: list[Item]) -> list[ItemLoss]:
+        """Losses for the items of one batch, in the order given."""
+        given = batch
         if self.padding_side == "packed":
-            input_ids, attention_mask, position_ids, rows, cols, targets = self._pack_row(batch)
+            input_ids, attention_mask, position_ids, rows, cols, targets, batch = self._pack_rows(batch)
         else:
             input_ids, attention_mask, position_ids, rows, cols, targets = self._pad_batch(batch)
         dev = self.device
@@ -197,6 +211,9 @@ class LossEngine:
             i += len(it.target)
             out.append(ItemLoss(mean=math.fsum(seg) / len(seg), losses=seg))
         self.tokens_scored += sum(len(it) for it in batch)
+        if batch is not given:
+            by_key = {it.key: loss for it, loss in zip(batch, out)}
+            out = [by_key[it.key] for it in given]
         return out
 
     def _pad_batch(self, batch: list[Item]):
@@ -220,7 +237,10 @@ class LossEngine:
 
     def _plan(self, items: list[Item]) -> list[list[Item]]:
         if self.padding_side == "packed":
-            return plan_packed(items, min(self.batch_tokens, self.pack_tokens))
+            cap = min(self.batch_tokens, self.pack_tokens)
+            rows = plan_packed(items, cap)
+            per_batch = max(1, min(self.max_batch_size, self.batch_tokens // cap))
+            return [[it for row in rows[i:i + per_batch] for it in row] for i in range(0, len(rows), per_batch)]
         return plan_batches(items, self.batch_tokens, self.max_batch_size)
 
     # -- many items --------------------------------------------------------------------------------
