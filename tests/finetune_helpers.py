@@ -3,8 +3,10 @@
 Why: stage 05 only reads `04_select/selected.jsonl` and its manifest (docs/artifacts.md), so its
 tests write those directly: fast, and independent of the scoring and selection code.
 
-Also a tiny command line used by the kill -9 test (a real process that trains slowly):
+Also a tiny command line: the kill -9 test's slow training process, and the SmolLM2 end-to-end check
+(QLoRA on the workshop's Reflection-format answers, then the share of well-formed eval answers):
     python tests/finetune_helpers.py --run DIR --sleep 0.3 --cfg max_steps=12 ...
+    python tests/finetune_helpers.py smollm2-e2e --run /tmp/e2e --steps 60 --lr 1e-3 --threads 1
 """
 
 from __future__ import annotations
@@ -96,12 +98,98 @@ def losses(run: Run, kind: str = "train") -> dict[int, float]:
     return {r["step"]: r[key] for r in read_jsonl(run.path("finetune", "train_log.jsonl")) if r.get("kind") == kind}
 
 
+def generate_answers(model, tok, fmt, prompts: list[dict], *, max_new_tokens: int = 320, batch_size: int = 8) -> list[dict]:
+    """Greedy answers to eval prompts, built with the training prompt format and decoded keeping the tags."""
+    import torch
+
+    from reflection_lab.tags import parse
+    from reflection_lab.training_data import decode_keep_tags
+
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
+    out = []
+    for k in range(0, len(prompts), batch_size):
+        chunk = prompts[k:k + batch_size]
+        ids = [fmt.prompt_ids(tok, p["instruction"], p.get("input", "")) for p in chunk]
+        width = max(len(i) for i in ids)
+        x = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+        with torch.no_grad():
+            gen = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad)
+        for p, row in zip(chunk, gen[:, width:].tolist()):
+            stop = next((j for j, t in enumerate(row) if t in eos), None)
+            new = row if stop is None else row[:stop]
+            text = decode_keep_tags(tok, new)
+            parsed = parse(text, truncated=stop is None)
+            out.append({"id": p["id"], "text": text, "finish_reason": "length" if stop is None else "stop",
+                        "well_formed": parsed.well_formed, "codes": parsed.codes})
+    return out
+
+
+def smollm2_end_to_end(root: str | Path, *, steps: int = 60, lr: float = 1e-3, batch_size: int = 4,
+                       tags_as_special_tokens: bool = False, n_eval: int = 40, max_new_tokens: int = 320,
+                       baseline: bool = True) -> dict:
+    """QLoRA SmolLM2 on the workshop's Reflection-format answers, then the well-formed share on eval prompts."""
+    import time
+
+    from reflection_lab.finetune import FinetuneConfig, load_finetuned, run_finetune, training_format
+
+    run = make_selected_run(root, workshop_reflection_rows())
+    cfg = FinetuneConfig(student="smollm2-135m", method="qlora", max_steps=steps, batch_size=batch_size,
+                         learning_rate=lr, max_length=768, tags_as_special_tokens=tags_as_special_tokens,
+                         eval_fraction=0.1, save_steps=max(1, steps // 3))
+    t0 = time.perf_counter()
+    m = run_finetune(run, cfg, progress=True)
+    train_wall = time.perf_counter() - t0
+    model, tok = load_finetuned(run)
+    fmt = training_format(run)
+    prompts = eval_prompts()[:n_eval]
+    t1 = time.perf_counter()
+    tuned = generate_answers(model, tok, fmt, prompts, max_new_tokens=max_new_tokens)
+    gen_wall = time.perf_counter() - t1
+    result = {"config": cfg.as_dict(), "counts": m["counts"], "train_wall_s": round(train_wall, 1),
+              "generate_wall_s": round(gen_wall, 1), "n_prompts": len(prompts),
+              "well_formed": sum(r["well_formed"] for r in tuned), "hit_length_limit": sum(
+                  r["finish_reason"] == "length" for r in tuned)}
+    result["well_formed_share"] = result["well_formed"] / len(prompts)
+    if baseline:
+        with model.disable_adapter():
+            base = generate_answers(model, tok, fmt, prompts, max_new_tokens=max_new_tokens)
+        result["base_well_formed_share"] = sum(r["well_formed"] for r in base) / len(prompts)
+    write_jsonl_atomic(Path(root) / "e2e_generations.jsonl", tuned)
+    (Path(root) / "e2e_result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def _main(argv: list[str]) -> int:
     import argparse
 
     from reflection_lab.finetune import FinetuneConfig, run_finetune
     from reflection_lab.finetune_callbacks import SleepCallback
 
+    if argv[:1] == ["smollm2-e2e"]:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--run", required=True)
+        ap.add_argument("--steps", type=int, default=60)
+        ap.add_argument("--lr", type=float, default=1e-3)
+        ap.add_argument("--batch-size", type=int, default=4)
+        ap.add_argument("--special-tokens", action="store_true")
+        ap.add_argument("--n-eval", type=int, default=40)
+        ap.add_argument("--max-new-tokens", type=int, default=320)
+        ap.add_argument("--threads", type=int, default=0)
+        ap.add_argument("--no-baseline", action="store_true")
+        a = ap.parse_args(argv[1:])
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        res = smollm2_end_to_end(a.run, steps=a.steps, lr=a.lr, batch_size=a.batch_size,
+                                 tags_as_special_tokens=a.special_tokens, n_eval=a.n_eval,
+                                 max_new_tokens=a.max_new_tokens, baseline=not a.no_baseline)
+        print(json.dumps(res, indent=1))
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
     ap.add_argument("--sleep", type=float, default=0.0)
