@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from .tags import ParsedResponse, StreamParser, parse, strip_reasoning
 
@@ -332,12 +332,20 @@ _LAZY = {
 }
 
 
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports on first use
+    from .inference_local import LocalModel, LocalStream, TagKeepingStreamer, TokenPolicy, token_policy
+    from .inference_openai import InferenceError, OpenAIModel, OpenAIStream, ReasoningMerger
+    from .inference_stage import load_generations, run_infer, student_for_run
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Chat", "Generation", "PRESETS", "REFLECTION_PROMPT", "SYSTEM_PROMPTS", "SamplingPreset", "ScriptedModel",
-           "ScriptedStream", "SystemPrompt", "TRUNCATING", "TextStream", "backend_name", "finish_parser",
-           "get_preset", "history_for_model", "open_stream", "parsed_record", "system_prompt_text", *_LAZY]
+__all__ = ["Chat", "Generation", "InferenceError", "LocalModel", "LocalStream", "OpenAIModel", "OpenAIStream",
+           "PRESETS", "REFLECTION_PROMPT", "ReasoningMerger", "SYSTEM_PROMPTS", "SamplingPreset", "ScriptedModel",
+           "ScriptedStream", "SystemPrompt", "TRUNCATING", "TagKeepingStreamer", "TextStream", "TokenPolicy",
+           "backend_name", "finish_parser", "get_preset", "history_for_model", "load_generations", "open_stream",
+           "parsed_record", "run_infer", "student_for_run", "system_prompt_text", "token_policy"]

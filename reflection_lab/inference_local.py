@@ -43,9 +43,10 @@ def token_policy(tokenizer: Any, model: Any = None, end_ids: Sequence[int] = ())
     """Decide the dropped and the stopping ids for a tokenizer (and the model's generation config)."""
     vocab = tokenizer.get_vocab()
     tags = frozenset(int(vocab[t]) for t in REFLECTION_TAGS if t in vocab)
-    special = set(int(i) for i in tokenizer.all_special_ids)
+    special = {int(i) for i in tokenizer.all_special_ids}
     # added tokens flagged special but not listed among all_special_ids (SmolLM2's <repo_name>, ...)
-    special |= {int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    special |= {int(i) for i, t in added.items() if getattr(t, "special", False)}
     stops: set[int] = set()
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
@@ -96,10 +97,9 @@ class TagKeepingStreamer:
     def _emit(self, final: bool) -> None:
         if self._read >= len(self._ids):
             return
-        dec = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False,  # noqa: E731
-                                                clean_up_tokenization_spaces=False)
-        before = dec(self._ids[self._prefix:self._read])
-        text = dec(self._ids[self._prefix:])
+        window = self._ids[self._prefix:]
+        before = decode_text(self.tokenizer, window[:self._read - self._prefix], frozenset())
+        text = decode_text(self.tokenizer, window, frozenset())
         if len(text) > len(before) and (final or not text.endswith("\ufffd")):
             self.on_text(text[len(before):])
             self._prefix, self._read = self._read, len(self._ids)
@@ -217,9 +217,9 @@ class LocalModel:
     def messages_ids(self, messages: Sequence[dict]) -> list[int]:
         """A chat history as prompt ids; earlier assistant turns lose their reasoning first."""
         msgs = history_for_model(messages)
-        if msgs and msgs[-1].get("role") == "user" and len(msgs) == 1 + (msgs[0].get("role") == "system"):
-            if msgs[0].get("role") != "system" or self.fmt.system_prompt == msgs[0]["content"]:
-                return self.prompt_ids(msgs[-1]["content"])  # single turn: the training prompt exactly
+        single = msgs and msgs[-1].get("role") == "user" and len(msgs) == 1 + (msgs[0].get("role") == "system")
+        if single and (msgs[0].get("role") != "system" or self.fmt.system_prompt == msgs[0]["content"]):
+            return self.prompt_ids(msgs[-1]["content"])  # single turn: exactly the training prompt
         tok, fmt = self.tokenizer, self.fmt
         if fmt.system_prompt and not any(m.get("role") == "system" for m in msgs):
             msgs = [{"role": "system", "content": fmt.system_prompt}] + msgs

@@ -18,8 +18,7 @@ from collections import Counter
 from typing import Any
 
 from .inference import REFLECTION_PROMPT, SamplingPreset, get_preset, parsed_record, system_prompt_text
-from .runs import Journal, Run, package_versions, read_jsonl, write_json_atomic, \
-    write_jsonl_atomic
+from .runs import Journal, Run, package_versions, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
 def student_for_run(run: Run, model_spec: str | None = None) -> str:
@@ -79,7 +78,8 @@ def run_infer(run: Run, *, model_spec: str | None = None, use_adapter: bool = Tr
     else:
         spec = student_for_run(run, model_spec)
     sys_arg = ("trained" if use_adapter else REFLECTION_PROMPT) if system_prompt == "auto" else system_prompt
-    rows = read_jsonl(run.path("data", "eval.jsonl"))[:n] if n is not None else read_jsonl(run.path("data", "eval.jsonl"))
+    rows = read_jsonl(run.path("data", "eval.jsonl"))
+    rows = rows[:n] if n is not None else rows
     ids = [str(r["id"]) for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError("01_data/eval.jsonl has repeated ids; rerun stage 01 (it makes ids unique)")

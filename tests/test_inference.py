@@ -10,7 +10,7 @@ import pytest
 from finetune_helpers import one_thread
 from reflection_lab.inference import (PRESETS, REFLECTION_PROMPT, Chat, Generation, LocalModel, OpenAIModel,
                                       ReasoningMerger, ScriptedModel, TagKeepingStreamer, get_preset,
-                                      history_for_model, token_policy)
+                                      history_for_model)
 from reflection_lab.tags import parse
 from reflection_lab.training_data import REFLECTION_TAGS, add_reflection_tokens, decode_keep_tags
 
@@ -49,7 +49,8 @@ def forced(lm: LocalModel, text: str, prompt: str = "What is 2 + 2?", end: bool 
     from transformers import LogitsProcessorList
 
     tok = lm.tokenizer
-    ids = list(tok(text, add_special_tokens=False)["input_ids"]) + ([tok.convert_tokens_to_ids("<|end|>")] if end else [])
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    ids += [tok.convert_tokens_to_ids("<|end|>")] if end else []
     return ids, {"logits_processor": LogitsProcessorList([Force(ids, len(lm.encode(prompt)))])}
 
 
@@ -58,7 +59,8 @@ def test_presets_are_frozen_and_translate_to_each_backend():
     g, r, c = PRESETS["greedy"], PRESETS["reflection"], PRESETS["creative"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         g.temperature = 1.0  # type: ignore[misc]
-    assert g.greedy and g.hf_kwargs() == {"do_sample": False} and g.openai_kwargs() == {"temperature": 0.0, "top_p": 1.0}
+    assert g.greedy and g.hf_kwargs() == {"do_sample": False}
+    assert g.openai_kwargs() == {"temperature": 0.0, "top_p": 1.0}
     assert (r.temperature, r.top_p) == (0.7, 0.95) and r.hf_kwargs()["do_sample"] and r.openai_kwargs()["seed"] == 0
     assert c.hf_kwargs()["top_k"] == 50 and get_preset("creative") is c and get_preset(r) is r
     with pytest.raises(KeyError, match="greedy"):
