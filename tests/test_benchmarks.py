@@ -1,0 +1,28 @@
+"""Benchmarks are scripts, not timed tests: here they only have to run end to end in a quick mode,
+so they do not rot. Their figures are read by people (benchmarks/RESULTS.md), never asserted."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+QUICK = {
+    "bench_tags.py": ["--quick", "--repeats", "1"],
+    "bench_scoring.py": ["--models", "tiny-llama", "--n", "6"],
+    "bench_selection.py": ["--n", "2000", "--repeats", "2"],
+    "bench_reflect.py": ["--n", "8", "--latency-s", "0.05", "--concurrency", "1,4"],
+    "gpu/bench_scoring_gpu.py": ["--dry-run"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(QUICK))
+def test_benchmark_script_runs(script):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *QUICK[script]], capture_output=True,
+                         text=True, timeout=600, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip()
