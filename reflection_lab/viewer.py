@@ -95,6 +95,8 @@ class _Base:
             self._thread.join(timeout)
 
     def _launch(self, target: Callable[[], Any]) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return  # a double click while the first generation runs
         if self.threaded:
             self._thread = threading.Thread(target=target, name="reflection-lab-viewer", daemon=True)
             self._thread.start()

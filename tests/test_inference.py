@@ -15,6 +15,7 @@ from reflection_lab.tags import parse
 from reflection_lab.training_data import REFLECTION_TAGS, add_reflection_tokens, decode_keep_tags
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+CPU = {"device": "cpu", "dtype": "float32"}  # exact equality of batched and single greedy text holds in fp32
 
 TAGGED = ("<thinking>\nAdd 2 and 2 \U0001F600.\n<reflection>\nCheck: 2 + 2 = 4.\n</reflection>\n</thinking>\n"
           "<output>\n4\n</output>")
@@ -77,7 +78,7 @@ def test_token_policy_drops_every_special_token_but_the_tags(tagged_model, tiny_
     for t in ("<|pad|>", "<|bos|>", "<|end|>", "<|eos|>", "<|system|>", "<|assistant|>"):
         assert tok.convert_tokens_to_ids(t) in pol.drop_ids
     assert pol.stop_ids == {tok.convert_tokens_to_ids("<|end|>"), tok.convert_tokens_to_ids("<|eos|>")}
-    plain = LocalModel.from_spec(tiny_llama_path, system_prompt=None)
+    plain = LocalModel.from_spec(tiny_llama_path, system_prompt=None, **CPU)
     assert plain.policy.tag_ids == frozenset() and not plain.describe()["tags_as_special_tokens"]
 
 
@@ -126,7 +127,7 @@ def test_token_limit_gives_length_and_a_truncated_parse(tagged_model):
 
 
 def test_leaving_a_stream_early_cancels_the_model(tiny_llama_path):
-    lm = LocalModel.from_spec(tiny_llama_path, system_prompt=None)
+    lm = LocalModel.from_spec(tiny_llama_path, system_prompt=None, **CPU)
     stream = lm.stream("Why?", max_new_tokens=400)
     for k, _ in enumerate(stream):
         if k == 2:
@@ -137,7 +138,7 @@ def test_leaving_a_stream_early_cancels_the_model(tiny_llama_path):
 
 
 def test_a_prompt_that_does_not_fit_is_an_error_not_a_crash(tiny_llama_path):
-    lm = LocalModel.from_spec(tiny_llama_path, system_prompt=None)
+    lm = LocalModel.from_spec(tiny_llama_path, system_prompt=None, **CPU)
     long = "word " * 3000
     out = lm.generate_batch([long, "Hi"], max_new_tokens=4)
     assert out[0].finish_reason == "error" and "exceeds" in out[0].error and out[1].finish_reason in ("stop", "length")
@@ -172,7 +173,7 @@ PROMPTS = ["What is 3 plus 4?", "Write a function that adds 7 and 9 in Python, s
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])  # RoPE, and learned absolute positions
 def test_batched_left_padding_equals_unbatched_greedy_and_streaming(sharp_paths, arch):
-    lm = LocalModel.from_spec(sharp_paths[arch], system_prompt=REFLECTION_PROMPT)
+    lm = LocalModel.from_spec(sharp_paths[arch], system_prompt=REFLECTION_PROMPT, **CPU)
     assert len({len(lm.encode(p)) for p in PROMPTS}) == len(PROMPTS)  # real padding happens
     batched = lm.generate_batch(PROMPTS, max_new_tokens=10, batch_size=4)
     single = [lm.generate_batch([p], max_new_tokens=10, batch_size=1)[0] for p in PROMPTS]
@@ -185,7 +186,7 @@ def test_batched_left_padding_equals_unbatched_greedy_and_streaming(sharp_paths,
 
 
 def test_results_come_back_in_prompt_order_with_callbacks(sharp_paths):
-    lm = LocalModel.from_spec(sharp_paths["llama"], system_prompt=None)
+    lm = LocalModel.from_spec(sharp_paths["llama"], system_prompt=None, **CPU)
     seen = []
     out = lm.generate_batch(PROMPTS[:3], max_new_tokens=4, batch_size=2, on_result=lambda i, g: seen.append(i))
     assert sorted(seen) == [0, 1, 2] and seen[0] == 1  # longest prompt first
@@ -216,7 +217,7 @@ def test_chat_sends_stripped_history_and_keeps_the_full_transcript():
 
 
 def test_local_prompts_single_turn_is_the_training_prompt_and_history_is_stripped(tiny_llama_path):
-    lm = LocalModel.from_spec(tiny_llama_path)
+    lm = LocalModel.from_spec(tiny_llama_path, **CPU)
     assert lm.encode("Hi") == lm.prompt_ids("Hi") == lm.encode([{"role": "user", "content": "Hi"}])
     ids = lm.encode([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": TAGGED},
                      {"role": "user", "content": "3+3?"}])
@@ -271,7 +272,7 @@ def test_openai_settings_from_the_environment_and_the_key_never_shows(monkeypatc
 # -- the base student in one slow check ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_smollm2_streams_and_batches_the_same_text(smollm2_path):
-    lm = LocalModel.from_spec("smollm2-135m")
+    lm = LocalModel.from_spec("smollm2-135m", **CPU)
     prompts = ["What is 12 + 30?", "Name a colour.", "Explain in one sentence why the sky is blue."]
     batched = lm.generate_batch(prompts, max_new_tokens=24, batch_size=3)
     streamed = [lm.generate(p, max_new_tokens=24) for p in prompts]

@@ -13,6 +13,7 @@ from reflection_lab.inference_stage import counts, load_generations
 from reflection_lab.runs import MissingStageError, Run, read_jsonl, write_jsonl_atomic
 
 _threads = pytest.fixture(scope="module", autouse=True)(one_thread)
+CPU = {"device": "cpu", "dtype": "float32"}  # byte-equal resumes rely on exact fp32 greedy text
 
 EVAL = [{"id": f"e-{i}", "instruction": q, "input": inp, "reference": "x", "category": "math"}
         for i, (q, inp) in enumerate([("What is 3 plus 4?", ""), ("Summarise the text.", "The river is long."),
@@ -45,8 +46,8 @@ def sharp_llama(tmp_path_factory, tiny_llama_path):
 def test_base_student_writes_generations_and_counts(tmp_path, sharp_llama, monkeypatch):
     run = with_data(Run(tmp_path / "run"))
     with pytest.raises(MissingStageError, match="finetune"):
-        run_infer(run, model_spec=sharp_llama, progress=False)  # use_adapter=True needs stage 05
-    m = run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, batch_size=2)
+        run_infer(run, model_spec=sharp_llama, progress=False, **CPU)  # use_adapter=True needs stage 05
+    m = run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, **CPU, batch_size=2)
     assert m["status"] == "complete" and set(m["outputs"]) == {"generations.jsonl"}
     rows = load_generations(run)
     assert [r["id"] for r in rows] == [e["id"] for e in EVAL]
@@ -62,12 +63,12 @@ def test_base_student_writes_generations_and_counts(tmp_path, sharp_llama, monke
     assert "<|system|>" in m["prompt_example"] and any("No answer contains" in n for n in m["notes"])
     # same config and inputs: reused, nothing generated
     monkeypatch.setattr(LocalModel, "generate_batch", lambda *a, **k: pytest.fail("regenerated a current stage"))
-    assert run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False) == m
+    assert run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, **CPU) == m
 
 
 def test_a_crashed_run_resumes_with_the_missing_prompts_only(tmp_path, sharp_llama):
     ref = with_data(Run(tmp_path / "ref"))
-    run_infer(ref, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False)
+    run_infer(ref, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, **CPU)
     run = with_data(Run(tmp_path / "run"))
 
     class Crashing(LocalModel):
@@ -80,28 +81,28 @@ def test_a_crashed_run_resumes_with_the_missing_prompts_only(tmp_path, sharp_lla
             save.n = 0
             return super().generate_batch(prompts, on_result=save, **kw)
 
-    crashing = Crashing.from_spec(sharp_llama)
+    crashing = Crashing.from_spec(sharp_llama, device="cpu", dtype="float32")
     crashing.name = sharp_llama
     with pytest.raises(KeyboardInterrupt):
-        run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, batch_size=1,
+        run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, **CPU, batch_size=1,
                   model=crashing)
     assert run.manifest("infer")["status"] == "running"
     journal = run.path("infer", "journal.jsonl")
     assert len(read_jsonl(journal)) == 3
     with open(journal, "ab") as f:
         f.write(b'{"id": "e-4", "text": "torn')  # a write cut off by kill -9
-    m = run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, batch_size=3)
+    m = run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=8, progress=False, **CPU, batch_size=3)
     assert (m["counts"]["resumed"], m["counts"]["generated"]) == (3, 2)
     assert run.path("infer", "generations.jsonl").read_bytes() == ref.path("infer", "generations.jsonl").read_bytes()
     # another configuration never reuses those answers
-    m2 = run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=6, n=2, progress=False)
+    m2 = run_infer(run, model_spec=sharp_llama, use_adapter=False, max_new_tokens=6, n=2, progress=False, **CPU)
     assert (m2["counts"]["resumed"], m2["counts"]["generated"], m2["counts"]["prompts"]) == (0, 2, 2)
 
 
 def test_the_student_comes_from_the_run_when_not_named(tmp_path):
     run = with_data(Run(tmp_path / "run"))
     with pytest.raises(ValueError, match="model_spec"):
-        run_infer(run, use_adapter=False, progress=False)
+        run_infer(run, use_adapter=False, progress=False, **CPU)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain-tags", "special-tags"])
@@ -118,8 +119,8 @@ def finetuned(request, tmp_path_factory, tiny_llama_path):
 def test_fine_tuned_student_generates_with_its_training_prompt(finetuned):
     run, special = finetuned
     with pytest.raises(ValueError, match="trained on"):
-        run_infer(run, model_spec="tiny-gpt2", progress=False)
-    m = run_infer(run, max_new_tokens=6, n=3, progress=False)
+        run_infer(run, model_spec="tiny-gpt2", progress=False, **CPU)
+    m = run_infer(run, max_new_tokens=6, n=3, progress=False, **CPU)
     ft = run.manifest("finetune")
     assert m["config"]["adapter"] == ft["fingerprint"] and m["config"]["system_prompt"] == "trained"
     assert m["model"]["tags_as_special_tokens"] is special and m["model"]["model"] == "tiny-llama+lora"
@@ -128,6 +129,6 @@ def test_fine_tuned_student_generates_with_its_training_prompt(finetuned):
     lm = LocalModel.from_finetuned(run)
     assert m["prompt_example"] == lm.tokenizer.decode(lm.prompt_ids(EVAL[0]["instruction"]), skip_special_tokens=False)
     assert "Before you answer" not in m["prompt_example"]  # trained without a system prompt, asked without one
-    base = run_infer(run, use_adapter=False, max_new_tokens=6, n=3, progress=False)  # the same run, base student
+    base = run_infer(run, use_adapter=False, max_new_tokens=6, n=3, progress=False, **CPU)  # the same run, base student
     assert base["config"]["model"] == "tiny-llama" and base["config"]["adapter"] is None
     json.dumps(base)  # the manifest is plain JSON
