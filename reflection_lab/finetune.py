@@ -566,7 +566,7 @@ def _train(run: Run, config: FinetuneConfig, cfg: dict, select_m: dict, rank: in
     memory = {"before": mem_before, "after": mem_after}
     write_model_card(stage / "MODEL_CARD.md", config=config, meta=meta, counts=counts, select_m=select_m,
                      report=report, fmt=fmt, memory=memory, device=f"{info.device} ({info.name})")
-    extra = {"format": fmt.as_dict(), "encode_report": report.as_dict(), "memory": memory,
+    extra = {"format": fmt.as_dict(), "encode_report": report.as_dict(), "memory": memory, "previous_complete": None,
              "device": info.as_dict(), "world_size": world, "model": facts,
              "notes": fmt.notes + ([f"{report.truncated} answers were truncated to max_length={config.max_length}"]
                                    if report.truncated else [])
@@ -592,7 +592,10 @@ def adapter_dir(source: Run | str | Path) -> Path:
 
             warnings.warn(f"Stage 'finetune' is {m.get('status')} in {source.root}; loading the previous complete "
                           "result, which that run left untouched.", stacklevel=2)
-        for name in ("adapter", "model"):
+        outputs = (m or {}).get("outputs") if (m or {}).get("status") == "complete" else \
+            ((m or {}).get("previous_complete") or {}).get("outputs")
+        names = [n for n in ("adapter", "model") if n in (outputs or {})] or ["adapter", "model"]
+        for name in names:
             if (stage / name / META_FILE).exists():
                 return stage / name
         source.require("finetune")

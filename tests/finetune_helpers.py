@@ -163,6 +163,13 @@ def smollm2_end_to_end(root: str | Path, *, steps: int = 60, lr: float = 1e-3, b
     return result
 
 
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _main(argv: list[str]) -> int:
     import argparse
 
@@ -200,8 +207,7 @@ def _main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    over = {k: json.loads(v) if v[:1] in "0123456789-[{tf\"" or v in ("null",) else v
-            for k, v in (s.split("=", 1) for s in args.cfg)}
+    over = {k: _value(v) for k, v in (s.split("=", 1) for s in args.cfg)}
     cbs = [SleepCallback(args.sleep)] if args.sleep else []
     m = run_finetune(Run(args.run), FinetuneConfig(**over), progress=False, callbacks=cbs)
     print(json.dumps(m.get("counts", {})))

@@ -234,7 +234,7 @@ def test_out_of_memory_is_explained_and_the_previous_adapter_survives(trained, t
         model, _ = load_finetuned(run)
     monkeypatch.undo()
     m = run_finetune(run, cfg, progress=False)  # the old config again: trains afresh and completes
-    assert m["status"] == "complete"
+    assert m["status"] == "complete" and m.get("previous_complete") is None
 
 
 # --- resume bookkeeping, progress and the live plot ---------------------------------------------------
