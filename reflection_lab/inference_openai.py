@@ -92,7 +92,8 @@ class OpenAIStream(TextStream):
         try:
             resp = client.chat.completions.create(
                 model=owner.model, messages=messages, stream=True, **{owner.max_tokens_param: max_new},
-                **preset.openai_kwargs(), **({"extra_body": body} if body else {}))
+                **preset.openai_kwargs(), **({"extra_body": body} if body else {}),
+                **({"stream_options": {"include_usage": True}} if owner.include_usage else {}))
             try:
                 for chunk in resp:
                     if getattr(chunk, "usage", None) is not None:
@@ -129,12 +130,14 @@ class OpenAIModel:
 
     keep_special_tokens=True sends `skip_special_tokens: false` (vLLM and SGLang understand it):
     needed when the served model has the tags as special tokens and no reasoning parser runs.
+    include_usage=True asks for the token count in a last chunk (`Generation.n_tokens`); off by
+    default because not every server accepts `stream_options`.
     """
 
     def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
                  system_prompt: str | SystemPrompt | None = None, timeout_s: float = 120.0, max_retries: int = 2,
                  keep_special_tokens: bool = False, max_tokens_param: str = "max_tokens",
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, include_usage: bool = False):
         self.model = model or _env("MODEL", "OPENAI_MODEL") or ""
         if not self.model:
             raise ValueError("No model name: pass model=... or set REFLECTION_LAB_INFER_MODEL (the name your "
@@ -145,6 +148,7 @@ class OpenAIModel:
         self.system_prompt = system_prompt_text(system_prompt)
         self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
         self.max_tokens_param = max_tokens_param
+        self.include_usage = include_usage
         self.extra_body = dict(extra_body or {})
         if keep_special_tokens:
             self.extra_body["skip_special_tokens"] = False

@@ -88,13 +88,13 @@ def model(server, name="replay", **kw) -> OpenAIModel:
 
 def test_tiny_student_streams_the_same_text_as_a_plain_request(server, config):
     config(None)
-    gen = model(server, "tiny-llama").generate("What is 3 plus 4?", max_new_tokens=12)
+    gen = model(server, "tiny-llama", include_usage=True).generate("What is 3 plus 4?", max_new_tokens=12)
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "What is 3 plus 4?"}], "max_tokens": 12,
             "temperature": 0.0}
     full = httpx.post(server + "/v1/chat/completions", json=body, timeout=30).json()["choices"][0]
     assert gen.text == full["message"]["content"] and gen.finish_reason == full["finish_reason"]
     assert gen.reasoning_field is None and gen.parsed.codes[-1] == "no_tags" and gen.model == "tiny-llama"
-    assert gen.parsed.truncated is (gen.finish_reason == "length")
+    assert gen.parsed.truncated is (gen.finish_reason == "length") and gen.n_tokens > 0
 
 
 @pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
