@@ -219,7 +219,8 @@ def main() -> int:
     ratio = lab["tokens_per_s"] / base["tokens_per_s"]
     mem_ratio = lab[mem] / base[mem]
     print(f"  ratio lab/baseline: {ratio:.2f}x tokens/s, {mem_ratio:.2f}x peak memory "
-          f"(target >= 1.3x tokens/s with memory no higher: {'met' if ratio >= 1.3 and mem_ratio <= 1.0 else 'NOT met'})")
+          f"(target >= 1.3x tokens/s with memory no higher: "
+          f"{'met' if ratio >= 1.3 and mem_ratio <= 1.0 else 'NOT met'})")
     print(json.dumps({"lab": lab, "baseline": base, "ratio_tokens_per_s": ratio, "ratio_peak_memory": mem_ratio}))
     return 0
 

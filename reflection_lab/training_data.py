@@ -25,7 +25,8 @@ from typing import Any, Iterator, Sequence
 from .prompting import TEMPLATES, render_forward
 
 REFLECTION_TAGS = ["<thinking>", "</thinking>", "<reflection>", "</reflection>", "<output>", "</output>"]
-FALLBACK_TEMPLATE = "alpaca"  # "### Instruction: ... ### Response:" (prompting.py), used when a model has no chat template
+# "### Instruction: ... ### Response:" (prompting.py), used when a model has no chat template
+FALLBACK_TEMPLATE = "alpaca"
 FORMAT_FILE = "reflection_lab_format.json"
 _SENTINEL = "\ue001"  # private-use character: where the answer goes inside a rendered conversation
 
@@ -284,7 +285,8 @@ class LengthGroupedSampler:
     which after a resume is in a different state than in the uninterrupted run, so the resumed run
     would see other batches. Here the order depends only on `seed` and the epoch set by the Trainer.
     Within a window of `mega` batches the samples are sorted by length and cut into batches; the
-    full batches are then shuffled (a short one stays last), and the longest batch goes first so an out-of-memory error shows at step 1.
+    full batches are then shuffled (a short one stays last), and the longest batch goes first so an
+    out-of-memory error shows at step 1.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega: int = 50):
@@ -322,7 +324,8 @@ class LengthGroupedSampler:
         return iter(self.order())
 
 
-def split_train_eval(rows: list[dict], eval_fraction: float, seed: int, min_eval_rows: int = 8) -> tuple[list[dict], list[dict]]:
+def split_train_eval(rows: list[dict], eval_fraction: float, seed: int,
+                     min_eval_rows: int = 8) -> tuple[list[dict], list[dict]]:
     """A seeded split; no eval split when there are fewer than `min_eval_rows` rows in all."""
     if eval_fraction <= 0 or len(rows) < min_eval_rows:
         return list(rows), []

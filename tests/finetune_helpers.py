@@ -98,7 +98,8 @@ def losses(run: Run, kind: str = "train") -> dict[int, float]:
     return {r["step"]: r[key] for r in read_jsonl(run.path("finetune", "train_log.jsonl")) if r.get("kind") == kind}
 
 
-def generate_answers(model, tok, fmt, prompts: list[dict], *, max_new_tokens: int = 320, batch_size: int = 8) -> list[dict]:
+def generate_answers(model, tok, fmt, prompts: list[dict], *, max_new_tokens: int = 320,
+                     batch_size: int = 8) -> list[dict]:
     """Greedy answers to eval prompts, built with the training prompt format and decoded keeping the tags."""
     import torch
 
