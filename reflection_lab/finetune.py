@@ -24,6 +24,7 @@ under several processes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -212,7 +213,10 @@ def build_model(config: FinetuneConfig, tokenizer: Any, info: Any) -> tuple[Any,
     from .models import load_model
 
     quant4 = config.method == "qlora"
-    model = load_model(config.student, quant4=quant4, info=info)
+    # A full fine-tune keeps fp32 master weights (bf16/fp16 only as autocast on a GPU); pure bf16 AdamW
+    # updates round small steps away.
+    load_info = dataclasses.replace(info, dtype="float32") if config.method == "full" else info
+    model = load_model(config.student, quant4=quant4, info=load_info)
     facts: dict[str, Any] = {"quant4": quant4, "compute_dtype": info.dtype}
     if quant4:
         keep_4bit_weights_trainable(model)
