@@ -231,3 +231,13 @@ def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtyp
 def training_format(source: Run | str | Path) -> TrainingFormat:
     """The prompt format the result was trained with (use `prompt_ids` to build generation prompts)."""
     return TrainingFormat.load(adapter_dir(source))
+
+
+def read_train_log(run: Run) -> list[dict]:
+    """train_log.jsonl of a finished stage 05 (for `finetune_callbacks.loss_figure` in a notebook)."""
+    from .runs import read_jsonl
+
+    path = run.root / "05_finetune" / "train_log.jsonl"
+    if not path.exists():
+        run.require("finetune")
+    return read_jsonl(path)

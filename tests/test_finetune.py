@@ -301,6 +301,11 @@ def test_text_progress_prints_a_few_lines():
     assert len(lines) == 10 and lines[-1].startswith("step 20/20 | loss 1.0000")
 
 
-def test_losses_helper_reads_the_log(trained):
+def test_the_log_reads_back_into_the_loss_figure(trained):
+    from reflection_lab.finetune import read_train_log
+    from reflection_lab.finetune_callbacks import loss_figure
+
     run, _, _ = trained
     assert sorted(losses(run)) == list(range(1, 9)) and sorted(losses(run, "eval")) == [4, 8]
+    fig = loss_figure(read_train_log(run))
+    assert list(fig.data[0].x) == list(range(1, 9)) and list(fig.data[1].x) == [4, 8]
