@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--teacher", help="replay | replay:<file> | openai | openai:<model> | local:<model>")
             sp.add_argument("--style", choices=["reflection", "plain"], help="answer format asked of the teacher")
             sp.add_argument("--concurrency", type=int, help="parallel teacher requests (default 8)")
+        if stage == "infer":
+            sp.add_argument("--base", action="store_true", default=None, help="the base student, no adapter")
+            sp.add_argument("--preset", choices=["greedy", "reflection", "creative"])
         if stage == "select":
             sp.add_argument("--ifd-max", type=float)
             sp.add_argument("--rifd-max", type=float)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_profile(args.profile, **{k: _parse_value(v) for k, v in overrides.items()})
     run = Run(args.run or Path("runs") / profile.name)
     opts = {"force": args.force}
-    for name in ("train", "eval", "strict", "teacher", "style", "concurrency"):
+    for name in ("train", "eval", "strict", "teacher", "style", "concurrency", "base", "preset"):
         if getattr(args, name, None) is not None:
             opts[name] = getattr(args, name)
     sel = {k: getattr(args, k) for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",

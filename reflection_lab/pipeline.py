@@ -51,11 +51,28 @@ def _select(run: Run, p: Profile, opts: dict) -> dict:
     return run_select(run, SelectionConfig(**fields), force=bool(opts.get("force")))
 
 
+def _finetune(run: Run, p: Profile, opts: dict) -> dict:
+    from .finetune import FinetuneConfig, run_finetune
+
+    return run_finetune(run, FinetuneConfig.from_profile(p), force=bool(opts.get("force")))
+
+
+def _infer(run: Run, p: Profile, opts: dict) -> dict:
+    from .inference import run_infer
+
+    base = bool(opts.get("base"))
+    return run_infer(run, use_adapter=not base, model_spec=p.student if base else None,
+                     preset=opts.get("preset") or "greedy", max_new_tokens=p.max_new_tokens,
+                     device=p.device, dtype=p.dtype, force=bool(opts.get("force")))
+
+
 STAGE_RUNNERS: dict[str, StageRunner] = {
     "data": _data,
     "reflect": _reflect,
     "score": _score,
     "select": _select,
+    "finetune": _finetune,
+    "infer": _infer,
 }
 
 

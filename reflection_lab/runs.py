@@ -33,7 +33,8 @@ STAGES: dict[str, StageInfo] = {
     "score": StageInfo("03_score", "03_score.ipynb", "reflection-lab score", ("reflect",)),
     "select": StageInfo("04_select", "04_select.ipynb", "reflection-lab select", ("score",)),
     "finetune": StageInfo("05_finetune", "05_finetune.ipynb", "reflection-lab finetune", ("select",)),
-    "infer": StageInfo("06_infer", "06_inference.ipynb", "reflection-lab infer", ("data", "finetune")),
+    # infer can use the base student, so it only requires data; with an adapter it fingerprints 05 itself.
+    "infer": StageInfo("06_infer", "06_inference.ipynb", "reflection-lab infer", ("data",)),
     "evaluate": StageInfo("07_evaluate", "07_evaluate.ipynb", "reflection-lab evaluate", ("data", "select")),
 }
 

@@ -155,8 +155,16 @@ class ScoreConfig:
     device: str = "auto"
     padding_side: str = "auto"  # auto: packed rows on a CPU, right-padded batches on a GPU
 
+    # Knobs that change speed, not scores: left out of the fingerprint, so a run killed by an
+    # out-of-memory error resumes with a smaller batch (or on another device) without rescoring.
+    RUNTIME = ("batch_tokens", "max_batch_size", "padding_side", "device")
+
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        """The settings the scores depend on (the stage's fingerprint)."""
+        return {k: v for k, v in self.__dict__.items() if k not in self.RUNTIME}
+
+    def runtime(self) -> dict:
+        return {k: self.__dict__[k] for k in self.RUNTIME}
 
 
 def _dist():
@@ -226,10 +234,10 @@ def run_score(run: Run, config: ScoreConfig | None = None, *, model=None, tokeni
     barrier()  # every shard's journal is complete before process 0 merges them
     if rank != 0:
         return {"status": "shard-done", "rank": rank, "world": world}
-    return _write_scores(run, cfg, fp, plan, tok, seconds, engine.tokens_scored)
+    return _write_scores(run, cfg, fp, plan, tok, seconds, engine.tokens_scored, config.runtime())
 
 
-def _write_scores(run: Run, cfg: dict, fp: str, plan, tok, seconds: float, tokens: int) -> dict:
+def _write_scores(run: Run, cfg: dict, fp: str, plan, tok, seconds: float, tokens: int, runtime: dict) -> dict:
     stage_dir = run.stage_dir("score")
     losses: dict[str, ItemLoss] = {}
     for j in sorted(stage_dir.glob(f"passes-{fp[:12]}.*.jsonl")):
@@ -257,7 +265,7 @@ def _write_scores(run: Run, cfg: dict, fp: str, plan, tok, seconds: float, token
               "unique_passes": len(losses), "tokens_scored_this_session": tokens,
               "seconds_this_session": round(seconds, 2)}
     return run.complete("score", cfg, ["scores.jsonl", "token_losses.jsonl"], counts,
-                        extra={"missing_by_reason": missing,
+                        extra={"missing_by_reason": missing, "runtime": runtime,
                                "definitions": {"ifd": "PPL(A|Q)/PPL(A)", "ifd_loss": "s(A|Q)/s(A)",
                                                "rifd": "PPL(Q|reverse(A))/PPL(Q)", "rifd_loss": "s(Q|rev)/s(Q)"}})
 

@@ -62,7 +62,7 @@ def test_kill9_then_rerun_resumes_without_rescoring(tmp_path, tiny_llama_path, m
     forwarded = []
     real = LossEngine.forward_batch
     monkeypatch.setattr(LossEngine, "forward_batch", lambda self, b: forwarded.extend(b) or real(self, b))
-    cfg = ScoreConfig(student="tiny-llama", max_length=512, batch_tokens=40)
+    cfg = ScoreConfig(student="tiny-llama", max_length=512)  # a bigger batch than the killed run: same fingerprint
     m = run_score(run, cfg, progress=False)
     assert m["status"] == "complete"
     total = m["counts"]["unique_passes"]
