@@ -36,10 +36,28 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .evaluate_arms import (ARM_TITLES, ARMS, ArmSkipped, arm_data, check_arms, inputs_digest,
-                            parent_finetune_reusable, required_stages, train_arm)
-from .evaluate_metrics import (CI_LEVEL, METRICS, N_BOOT, REL_TOL, arm_summary, differences, score_answer,
-                               verdict_counts, winning_score)
+from .evaluate_arms import (
+    ARM_TITLES,
+    ARMS,
+    ArmSkipped,
+    arm_data,
+    check_arms,
+    inputs_digest,
+    parent_finetune_reusable,
+    required_stages,
+    train_arm,
+)
+from .evaluate_metrics import (
+    CI_LEVEL,
+    METRICS,
+    N_BOOT,
+    REL_TOL,
+    arm_summary,
+    differences,
+    score_answer,
+    verdict_counts,
+    winning_score,
+)
 from .runs import Journal, Run, package_versions, read_jsonl, stable_hash, write_json_atomic, write_jsonl_atomic
 
 SCHEMA = "reflection-lab/evaluate/1"
@@ -90,7 +108,8 @@ def generate_arm(lm: Any, rows: list[dict], journal_path: Path, arm_key: str, *,
 
     journal = Journal(journal_path, key="id")
     want = {str(r["id"]): _prompt_sha(r) for r in rows}
-    done = {k: v for k, v in journal.load().items() if v.get("arm_key") == arm_key and want.get(k) == v.get("prompt_sha")}
+    done = {k: v for k, v in journal.load().items()
+            if v.get("arm_key") == arm_key and want.get(k) == v.get("prompt_sha")}
     todo = [r for r in rows if str(r["id"]) not in done]
     if todo:
         from tqdm.auto import tqdm
@@ -133,7 +152,8 @@ def reference_losses(lm: Any, rows: list[dict], *, max_length: int, batch_tokens
         target = list(tok(str(r.get("reference", "")), add_special_tokens=False)["input_ids"])
         room = max_length - len(prompt)
         if not target or room < 1:
-            reason = "empty reference" if not target else f"prompt of {len(prompt)} tokens fills max_length={max_length}"
+            reason = ("empty reference" if not target
+                      else f"prompt of {len(prompt)} tokens fills max_length={max_length}")
             items.append(None)
             out.append({"ref_loss": None, "ref_tokens": 0, "ref_loss_missing": reason})
             continue
@@ -142,7 +162,7 @@ def reference_losses(lm: Any, rows: list[dict], *, max_length: int, batch_tokens
                     "ref_loss_missing": None, "ref_truncated": room < len(target)})
     engine = LossEngine(lm.model, pad_id=int(pad), batch_tokens=batch_tokens, padding_side="right")
     losses = engine.score([it for it in items if it is not None])
-    for rec, it in zip(out, items):
+    for rec, it in zip(out, items, strict=True):
         if it is not None:
             rec["ref_loss"] = round(float(losses[it.key].mean), 6)
     return out
@@ -151,7 +171,7 @@ def reference_losses(lm: Any, rows: list[dict], *, max_length: int, batch_tokens
 def _arm_rows(arm: str, rows: list[dict], gens: list[dict], losses: list[dict]) -> list[dict]:
     """What generations/<arm>.jsonl holds: the answer, its parse, its scores and its reference loss."""
     out = []
-    for r, g, lo in zip(rows, gens, losses):
+    for r, g, lo in zip(rows, gens, losses, strict=True):
         scores = score_answer(g["text"], g["finish_reason"], r)
         out.append({"id": str(r["id"]), "arm": arm, "category": r.get("category", ""),
                     "instruction": r.get("instruction", ""), "input": r.get("input", "") or "",
@@ -222,8 +242,9 @@ def run_evaluate(run: Run, *, profile: Any, arms: Sequence[str] = ARMS, judge: A
               "judge_pairs": [list(p) for p in pairs] if judge is not None else [],
               "inputs": inputs_digest(run, needs),
               "parent_finetune": parent_finetune_reusable(run, ft_cfg) if "selected" in arms else None}
-    if not force and run.is_current("evaluate", config):
-        return run.manifest("evaluate") or {}
+    if not force and run.is_current("evaluate", config) and not (run.manifest("evaluate") or {}).get(
+            "counts", {}).get("judge_errors"):
+        return run.manifest("evaluate") or {}  # (a judge that failed is asked again: journalled replies are kept)
     stage = run.stage_dir("evaluate")
     gen_dir = stage / "generations"
     if force and gen_dir.exists():
@@ -251,10 +272,12 @@ def run_evaluate(run: Run, *, profile: Any, arms: Sequence[str] = ARMS, judge: A
     write_report(stage, metrics, rows_by_arm)
     counts = {"prompts": len(rows), "numeric_prompts": sum(r.get("answer_type") == "numeric" for r in rows),
               "arms_done": len(rows_by_arm), "arms_skipped": len(arms) - len(rows_by_arm),
-              "judge_comparisons": len(judge_rows), "wall_seconds": round(wall, 1)}
+              "judge_comparisons": len(judge_rows), "wall_seconds": round(wall, 1),
+              "judge_errors": sum(bool(r["a_first"]["error"] or r["a_second"]["error"]) for r in judge_rows)}
     summary = {a: {m: metrics["arms"][a]["metrics"][m]["mean"] for m in METRICS} for a in rows_by_arm}
     if progress:
-        print(format_table(metrics), flush=True)
+        print(f"[evaluate] {len(rows_by_arm)} arms on {len(rows)} prompts in {wall:.0f} s; report: "
+              f"{stage / 'report.html'} (print the table with format_table(load_metrics(run)))", flush=True)
     return run.complete("evaluate", config, OUTPUTS + ["judge.jsonl"], counts,
                         extra={"summary": summary, "timing": metrics["timing"],
                                "skipped": {a: i["reason"] for a, i in arm_info.items() if i["status"] == "skipped"}})
@@ -297,8 +320,9 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], profile: Any, ft_cfg: An
         print(f"[evaluate] arm {arm}: generating {len(rows)} answers", flush=True)
     lm = _load_model(arm, source, profile, base_system)
     t1 = time.perf_counter()
-    gens = generate_arm(lm, rows, gen_dir / f"{arm}.journal.jsonl", arm_key, max_new_tokens=generation["max_new_tokens"],
-                        batch_size=batch_size, progress=progress, label=arm)
+    gens = generate_arm(lm, rows, gen_dir / f"{arm}.journal.jsonl", arm_key,
+                        max_new_tokens=generation["max_new_tokens"], batch_size=batch_size, progress=progress,
+                        label=arm)
     t2 = time.perf_counter()
     losses = reference_losses(lm, rows, max_length=profile.max_length, batch_tokens=profile.score_batch_tokens)
     t3 = time.perf_counter()
@@ -321,7 +345,7 @@ def _run_judge(judge: Any, pairs: list[tuple], rows_by_arm: dict[str, list[dict]
     for a, b in pairs:
         if a not in rows_by_arm or b not in rows_by_arm:
             continue
-        for ra, rb in zip(rows_by_arm[a], rows_by_arm[b]):
+        for ra, rb in zip(rows_by_arm[a], rows_by_arm[b], strict=True):
             question = ra["instruction"] + (f"\n\n{ra['input']}" if ra["input"] else "")
             comps.append(Comparison(ra["id"], question, ra["reference"] if use_reference else None, a, b,
                                     answer_view(ra["text"], view), answer_view(rb["text"], view)))
@@ -331,7 +355,7 @@ def _run_judge(judge: Any, pairs: list[tuple], rows_by_arm: dict[str, list[dict]
 def build_metrics(rows_by_arm: dict[str, list[dict]], arm_info: dict[str, dict], judge_rows: list[dict], *,
                   profile: Any, config: dict, seed: int, n_boot: int, level: float, wall_seconds: float) -> dict:
     """metrics.json: per-arm metrics with intervals, paired differences, judge counts, the setup, timings."""
-    kw = {"n_boot": n_boot, "seed": seed, "level": level}
+    kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
     arms: dict[str, dict] = {}
     for arm, info in arm_info.items():
         entry = {"title": info["title"], "status": info["status"], "source": info["source"],
@@ -404,11 +428,11 @@ def format_table(metrics: dict) -> str:
         lines.append([arm, pairs, _fmt(m["format"]), _fmt(m["exact_match"]), _fmt(m["ref_loss"], 3), jtxt])
     full = [r for r in lines if not r[2].startswith("skipped:")]
     widths = [max(len(str(r[i])) for r in [head] + full) for i in range(len(head))]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths)).rstrip()]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
     for r in lines:
         cells = r[:3] if r[2].startswith("skipped:") else r
-        out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip())
     for a, b in [(j["a"], j["b"]) for j in metrics.get("judge", []) if j["b"] != "base"]:
         j = next(x for x in metrics["judge"] if x["a"] == a and x["b"] == b)
         out.append(f"judge {a} vs {b}: {j['wins']} wins / {j['ties']} ties / {j['losses']} losses "

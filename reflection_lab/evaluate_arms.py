@@ -2,11 +2,11 @@
 
 | arm | training set | question it answers |
 | --- | --- | --- |
-| `base` | none (the student as downloaded, asked for the format in its system message) | what does prompting alone give? |
-| `original` | every sample's original pair (01_data/samples.jsonl) | what does plain fine-tuning give? |
-| `reflected` | every sample's `reflect_both` pair, with the fallbacks stage 02 recorded | does the teacher's rewrite help, without selection? |
+| `base` | none (the student as downloaded, asked for the format by its system message) | prompting alone? |
+| `original` | every sample's original pair (01_data/samples.jsonl) | plain fine-tuning? |
+| `reflected` | every sample's `reflect_both` pair, with stage 02's fallbacks | the rewrites, unselected? |
 | `selected` | the student's selection (04_select/selected.jsonl) | the method itself |
-| `random` | as many pairs as `selected`, drawn with a fixed seed from the `reflected` pool | is the *choice* better than chance at the same size? |
+| `random` | as many pairs as `selected`, seeded draw from the `reflected` pool | the *choice* vs chance? |
 
 `selected` vs `random` isolates the student's choice (same size, same pool of reflected pairs);
 `random` vs `reflected` shows the effect of size alone; `reflected` vs `original` the teacher's.
@@ -128,11 +128,13 @@ def prepare_subrun(run: Run, data: ArmData) -> Run:
     digest = stable_hash(data.rows)
     m = sub.manifest("select") or {}
     if m.get("status") == "complete" and (m.get("config") or {}).get("rows_sha256") == digest:
+        from .runs import MissingStageError
+
         try:
             sub.require("select")
             return sub
-        except Exception:  # noqa: BLE001 - edited by hand: rewrite below
-            pass
+        except MissingStageError:  # a file was edited or deleted by hand: rewrite the set below
+            sub = Run(sub.root)
     parent = str(run.root.resolve())
     base_cfg = {"arm": data.name, "parent": parent, "source": data.source}
     samples = [{"id": r["id"], "instruction": r["instruction"], "input": r["input"], "output": r["output"],

@@ -19,7 +19,7 @@ import math
 import re
 from collections import Counter
 from fractions import Fraction
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -93,8 +93,8 @@ def score_answer(text: str, finish_reason: str, eval_row: dict) -> dict[str, Any
     from .tags import parse
 
     p = parse(text, truncated=finish_reason in ("length", "cancelled"))
-    numeric = eval_row.get("answer_type") == "numeric" and eval_row.get("numeric_answer") is not None
-    ref = float(eval_row["numeric_answer"]) if numeric else None
+    ref = _reference_number(eval_row)
+    numeric = ref is not None
     extracted = extract_number(p.answer) if p.answer is not None else None
     return {
         "well_formed": p.well_formed, "has_output": p.answer is not None, "diagnostics": sorted(set(p.codes)),
@@ -102,6 +102,16 @@ def score_answer(text: str, finish_reason: str, eval_row: dict) -> dict[str, Any
         "correct": numeric_match(extracted, ref) if numeric else None,
         "correct_anywhere": any(numeric_match(v, ref) for v in numbers_in(text)) if numeric else None,
     }
+
+
+def _reference_number(eval_row: dict) -> float | None:
+    """numeric_answer of a row with answer_type "numeric" (a number, or text such as "1,234" or "3/4")."""
+    if eval_row.get("answer_type") != "numeric" or eval_row.get("numeric_answer") is None:
+        return None
+    value = eval_row["numeric_answer"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return extract_number(str(value))
 
 
 # --- bootstrap -----------------------------------------------------------------------------------
@@ -147,7 +157,7 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], *, n_
     """
     if len(a) != len(b):
         raise ValueError("paired values need the same prompts in the same order")
-    pairs = [(float(x), float(y)) for x, y in zip(a, b)
+    pairs = [(float(x), float(y)) for x, y in zip(a, b, strict=True)
              if x is not None and y is not None and not _isnan(x) and not _isnan(y)]
     res = bootstrap_ci([x - y for x, y in pairs], n_boot=n_boot, seed=seed, label=label, level=level)
     res["excludes_zero"] = bool(res["n"] > 1 and (res["lo"] > 0 or res["hi"] < 0))
@@ -242,7 +252,7 @@ def arm_summary(rows: Sequence[dict], *, n_boot: int = N_BOOT, seed: int = 0, le
     }
 
 
-def differences(rows_by_arm: dict[str, Sequence[dict]], reference: str, *, n_boot: int = N_BOOT, seed: int = 0,
+def differences(rows_by_arm: Mapping[str, Sequence[dict]], reference: str, *, n_boot: int = N_BOOT, seed: int = 0,
                 level: float = CI_LEVEL) -> dict[str, dict]:
     """arm - reference for every metric, paired over the same prompts (rows must be in eval order)."""
     if reference not in rows_by_arm:

@@ -246,11 +246,13 @@ def render_report(metrics: dict, rows_by_arm: dict[str, list[dict]], *, plotlyjs
     else:
         script = f'<script src="{plotly_cdn_url()}" charset="utf-8"></script>'
         js_note = ("The charts load plotly.js from the CDN (this file stays small). Offline, open "
-                   "report_offline.html next to it, which embeds plotly.js (4.8 MB). The tables below need no script.")
+                   "report_offline.html next to it, which embeds plotly.js (4.8 MB). The tables need no script.")
     s = metrics["setup"]
-    warn = (f"Small run: {s['n_eval']} prompts ({s['n_numeric']} numeric), student trained for max_steps={s['max_steps']} "
-            f"on n_samples={s['n_samples']} samples (profile '{s['profile']}'). With so few prompts the intervals are wide. "
-            "Differences that stay inside the intervals are not evidence that one arm is better; "
+    n_samples = "all" if s["n_samples"] is None else s["n_samples"]
+    warn = (f"{s['n_eval']} evaluation prompts ({s['n_numeric']} with a numeric answer); each trained arm ran "
+            f"max_steps={s['max_steps']} on n_samples={n_samples} samples (profile '{s['profile']}'). "
+            + ("With so few prompts the intervals are wide. " if s["n_eval"] < 100 else "")
+            + "Differences that stay inside the intervals are not evidence that one arm is better; "
             "only a paired interval that excludes 0, repeated on more prompts, supports a claim.")
     skipped = [f"<li>{_e(a)}: {_e(e.get('reason'))}</li>" for a, e in metrics["arms"].items() if e["status"] != "done"]
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_e(title)}</title>

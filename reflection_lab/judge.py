@@ -104,8 +104,8 @@ def unpack_messages(messages: Sequence[dict]) -> dict[str, str | None]:
 
 
 _NUM = r"(\d+(?:\.\d+)?)"
-_SCORES_LINE = re.compile(rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}\s*(?:/\s*10)?\s*\**\s*(?:[,;|&]|and|vs\.?)?\s*\**\s*{_NUM}",
-                          re.I)
+_SCORES_LINE = re.compile(
+    rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}\s*(?:/\s*10)?\s*\**\s*(?:[,;|&]|and|vs\.?)?\s*\**\s*{_NUM}", re.I)
 _PER_ASSISTANT = re.compile(rf"assistant\s*([12])\s*(?:'s)?\s*(?:score)?\s*[:=\-]\s*\**\s*{_NUM}", re.I)
 _TWO_NUMBERS = re.compile(rf"^\s*{_NUM}\s*[,\s]\s*{_NUM}\s*$")
 
@@ -172,13 +172,14 @@ class ScriptedJudge:
         return replies
 
 
-def _reference_match(question: str, first: str, second: str, reference: str | None) -> tuple[int, int]:
+def _reference_match(question: str | None, first: str | None, second: str | None,
+                     reference: str | None) -> tuple[int, int]:
     from .evaluate_metrics import extract_number, numeric_match
 
     ref = extract_number(reference) if reference else None
     s = []
     for ans in (first, second):
-        if ans == NO_ANSWER:
+        if not ans or ans == NO_ANSWER:
             s.append(1)
         elif ref is not None and numeric_match(extract_number(ans), ref):
             s.append(8)
@@ -223,7 +224,8 @@ def run_judge(judge: Any, comparisons: Sequence[Comparison], journal_path: str |
     """Ask every comparison in both orders (journalled replies are reused); one verdict row each."""
     journal = Journal(journal_path, key="key")
     done = {k: r for k, r in journal.load().items() if r.get("text") is not None}
-    reqs = {(i, order): _request(judge, c, order, max_tokens) for i, c in enumerate(comparisons) for order in ("AB", "BA")}
+    reqs = {(i, order): _request(judge, c, order, max_tokens)
+            for i, c in enumerate(comparisons) for order in ("AB", "BA")}
     pending = list({r.key: r for r in reqs.values() if r.key not in done}.values())
     errors: dict[str, str] = {}
 

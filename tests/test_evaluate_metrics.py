@@ -7,11 +7,31 @@ import random
 
 import pytest
 
-from reflection_lab.evaluate_metrics import (arm_summary, bootstrap_ci, combine_orders, differences, extract_number,
-                                             numbers_in, numeric_match, order_preference, paired_bootstrap,
-                                             resample_indices, score_answer, verdict_counts, winning_score)
-from reflection_lab.judge import (NO_ANSWER, Comparison, ScriptedJudge, answer_view, judge_messages, parse_verdict,
-                                  run_judge, unpack_messages)
+from reflection_lab.evaluate_metrics import (
+    arm_summary,
+    bootstrap_ci,
+    combine_orders,
+    differences,
+    extract_number,
+    numbers_in,
+    numeric_match,
+    order_preference,
+    paired_bootstrap,
+    resample_indices,
+    score_answer,
+    verdict_counts,
+    winning_score,
+)
+from reflection_lab.judge import (
+    NO_ANSWER,
+    Comparison,
+    ScriptedJudge,
+    answer_view,
+    judge_messages,
+    parse_verdict,
+    run_judge,
+    unpack_messages,
+)
 
 NUMERIC = {"id": "q1", "answer_type": "numeric", "numeric_answer": 18, "reference": "... = 18"}
 TEXT = {"id": "q2", "answer_type": "text", "numeric_answer": None, "reference": "a poem"}
@@ -45,7 +65,8 @@ def test_numeric_match_uses_a_relative_tolerance():
 # --- the answer is read from <output> only -------------------------------------------------------
 
 def test_exact_match_reads_output_not_reasoning():
-    text = "<thinking>7 x 24 = 168, minus 150 is 18. <reflection>check: 18</reflection></thinking><output>She has 20 left</output>"
+    text = ("<thinking>7 x 24 = 168, minus 150 is 18. <reflection>check: 18</reflection></thinking>"
+            "<output>She has 20 left</output>")
     s = score_answer(text, "stop", NUMERIC)
     assert s["extracted"] == 20 and s["correct"] is False and s["well_formed"]
     assert s["correct_anywhere"] is True  # the naive whole-text score would have counted it
@@ -190,7 +211,7 @@ def test_run_judge_in_both_orders_all_outcomes(tmp_path):
     assert rows[0]["a_first"]["scores"] == (8, 3) and rows[0]["a_second"]["scores"] == (3, 8)
 
     def half_tie(q, first, second, ref):  # ties whenever "good" is shown second: win + tie -> win
-        return (8, 3) if first == "good" else (5, 5) if second == "good" else (5, 5)
+        return (8, 3) if first == "good" else (5, 5)
 
     assert run_judge(ScriptedJudge(half_tie, model="half"), comps[:1], tmp_path / "h.jsonl")[0]["verdict"] == "win"
     unreadable = ScriptedJudge(lambda *a: "no idea", model="mute")
@@ -204,3 +225,32 @@ def test_judge_replies_are_journalled_and_never_asked_twice(tmp_path):
     assert len(judge.calls) == 2
     again = run_judge(judge, comps, tmp_path / "j.jsonl")
     assert len(judge.calls) == 2 and again == first
+
+
+def test_reference_numbers_written_as_text():
+    row = {"answer_type": "numeric", "numeric_answer": "1,234"}
+    assert score_answer("<output>1234</output>", "stop", row)["correct"] is True
+    assert score_answer("<output>0.75</output>", "stop", dict(row, numeric_answer="3/4"))["correct"] is True
+    assert score_answer("<output>5</output>", "stop", dict(row, numeric_answer="n/a"))["numeric"] is False
+
+
+def test_failed_judge_requests_are_invalid_and_asked_again(tmp_path):
+    from reflection_lab.teachers.base import error_reply
+
+    class Flaky(ScriptedJudge):
+        fail = True
+
+        def generate(self, requests, on_reply=None, *, concurrency=None):
+            if not self.fail:
+                return super().generate(requests, on_reply, concurrency=concurrency)
+            reps = [error_reply(r, "HTTP 503: busy") for r in requests]
+            for rep in reps:
+                on_reply(rep)
+            return reps
+
+    judge = Flaky(lambda q, f, s, r: (8, 3) if f == "good" else (3, 8), model="flaky")
+    comps = [Comparison("p1", "q", None, "x", "y", "good", "bad")]
+    rows = run_judge(judge, comps, tmp_path / "j.jsonl")
+    assert rows[0]["verdict"] == "invalid" and rows[0]["a_first"]["error"] == "HTTP 503: busy"
+    judge.fail = False
+    assert run_judge(judge, comps, tmp_path / "j.jsonl")[0]["verdict"] == "win"
