@@ -36,28 +36,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .evaluate_arms import (
-    ARM_TITLES,
-    ARMS,
-    ArmSkipped,
-    arm_data,
-    check_arms,
-    inputs_digest,
-    parent_finetune_reusable,
-    required_stages,
-    train_arm,
-)
-from .evaluate_metrics import (
-    CI_LEVEL,
-    METRICS,
-    N_BOOT,
-    REL_TOL,
-    arm_summary,
-    differences,
-    score_answer,
-    verdict_counts,
-    winning_score,
-)
+from .evaluate_arms import (ARM_TITLES, ARMS, ArmSkipped, arm_data, check_arms, inputs_digest,
+                            parent_finetune_reusable, required_stages, train_arm)
+from .evaluate_metrics import (CI_LEVEL, METRICS, N_BOOT, REL_TOL, arm_order, arm_summary, differences, score_answer,
+                               verdict_counts, winning_score)
 from .runs import Journal, Run, package_versions, read_jsonl, stable_hash, write_json_atomic, write_jsonl_atomic
 
 SCHEMA = "reflection-lab/evaluate/1"
@@ -305,7 +287,9 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], profile: Any, ft_cfg: An
             if progress:
                 print(f"[evaluate] arm {arm}: skipped ({exc})", flush=True)
             return {**info, "status": "skipped", "reason": str(exc)}, None
-        info.update(train_seconds=round(secs, 2), model_run=str(source.root), reused_training=secs == 0.0,
+        first = (ft_m.get("counts") or {}).get("train_seconds")  # when reused: the time it took back then
+        info.update(train_seconds=round(secs, 2) if secs else first, model_run=str(source.root),
+                    reused_training=secs == 0.0,
                     train_steps=(ft_m.get("counts") or {}).get("steps"),
                     final_train_loss=(ft_m.get("counts") or {}).get("final_train_loss"))
         identity = {"finetune": ft_m.get("fingerprint"), "outputs": ft_m.get("outputs"), **generation}
@@ -381,10 +365,14 @@ def build_metrics(rows_by_arm: dict[str, list[dict]], arm_info: dict[str, dict],
              "n_numeric": sum(bool(r.get("numeric")) for r in any_rows), "seed": seed, "n_boot": n_boot,
              "ci_level": level, "rel_tol": config["rel_tol"], "decoding": "greedy",
              "base_system_prompt": config["generation"]["base_system_prompt"], "judge": config.get("judge")}
-    timing = {"wall_seconds": round(wall_seconds, 1),
-              "arms": {a: {k: i.get(k) for k in ("train_seconds", "generate_seconds", "loss_seconds", "reused_training",
-                                                 "reused_generations")} for a, i in arm_info.items()}}
-    return {"schema": SCHEMA, "setup": setup, "arms": arms,
+    per_arm = {a: {k: i.get(k) for k in ("train_seconds", "generate_seconds", "loss_seconds", "reused_training",
+                                         "reused_generations")} for a, i in arm_info.items()}
+    work = sum(float(t.get(k) or 0.0) for t in per_arm.values()
+               for k in ("train_seconds", "generate_seconds", "loss_seconds"))
+    timing = {"wall_seconds": round(wall_seconds, 1), "arm_work_seconds": round(work, 1), "arms": per_arm,
+              "note": "wall_seconds: this call only. arm_work_seconds: each arm's training, generation and loss time "
+                      "as measured when it ran (reused arms included; training = the trainer's own time when reused)."}
+    return {"schema": SCHEMA, "setup": setup, "arm_order": list(arm_info), "arms": arms,
             "differences": {"vs_base": differences(rows_by_arm, "base", **kw),
                             "vs_random": differences(rows_by_arm, "random", **kw)},
             "judge": judge, "timing": timing}
@@ -417,7 +405,8 @@ def format_table(metrics: dict) -> str:
     judge = {j["a"]: j for j in metrics.get("judge", []) if j["b"] == "base"}
     head = ["arm", "pairs", "format", "exact match", "ref loss", "judge vs base (W/T/L)"]
     lines = []
-    for arm, e in metrics["arms"].items():
+    for arm in arm_order(metrics):
+        e = metrics["arms"][arm]
         pairs = str(e.get("train_counts", {}).get("pairs", "-"))
         if e["status"] != "done":
             lines.append([arm, pairs, f"skipped: {e.get('reason', '')[:70]}", "", "", ""])
@@ -441,7 +430,9 @@ def format_table(metrics: dict) -> str:
                f"{s['profile']} ({s['student']}, n_samples={s['n_samples']}, max_steps={s['max_steps']}).")
     out.append(f"[lo, hi]: {int(s['ci_level'] * 100)}% percentile bootstrap over prompts, {s['n_boot']} resamples, "
                f"seed {s['seed']}. Differences that stay inside these intervals are not evidence.")
-    out.append(f"wall time {metrics['timing']['wall_seconds']} s")
+    t = metrics["timing"]
+    out.append(f"wall time of this call {t['wall_seconds']} s; the arms' training, generation and scoring took "
+               f"{t.get('arm_work_seconds', '?')} s when they ran")
     return "\n".join(out)
 
 

@@ -252,6 +252,12 @@ def arm_summary(rows: Sequence[dict], *, n_boot: int = N_BOOT, seed: int = 0, le
     }
 
 
+def arm_order(metrics: dict) -> list[str]:
+    """Arms in evaluation order (metrics.json is written with sorted keys, so the order is stored apart)."""
+    order = metrics.get("arm_order") or []
+    return [a for a in order if a in metrics["arms"]] + [a for a in metrics["arms"] if a not in order]
+
+
 def differences(rows_by_arm: Mapping[str, Sequence[dict]], reference: str, *, n_boot: int = N_BOOT, seed: int = 0,
                 level: float = CI_LEVEL) -> dict[str, dict]:
     """arm - reference for every metric, paired over the same prompts (rows must be in eval order)."""
@@ -267,7 +273,7 @@ def differences(rows_by_arm: Mapping[str, Sequence[dict]], reference: str, *, n_
     return out
 
 
-__all__ = ["ABS_TOL", "CI_LEVEL", "METRICS", "NAIVE", "N_BOOT", "REL_TOL", "arm_summary", "bootstrap_ci",
+__all__ = ["ABS_TOL", "CI_LEVEL", "METRICS", "NAIVE", "N_BOOT", "REL_TOL", "arm_order", "arm_summary", "bootstrap_ci",
            "combine_orders", "differences", "extract_number", "metric_values", "numbers_in", "numeric_match",
            "order_preference", "paired_bootstrap", "resample_indices", "score_answer", "verdict_counts",
            "winning_score"]

@@ -19,7 +19,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .evaluate_metrics import METRICS
+from .evaluate_metrics import METRICS, arm_order
 
 ARM_COLORS = {"base": "#7f7f7f", "original": "#aec7e8", "reflected": "#9467bd", "selected": "#2ca02c",
               "random": "#ff7f0e"}
@@ -28,7 +28,7 @@ SHORT = {"format": "format compliance", "exact_match": "exact match", "ref_loss"
 
 
 def _done(metrics: dict) -> list[str]:
-    return [a for a, e in metrics["arms"].items() if e["status"] == "done"]
+    return [a for a in arm_order(metrics) if metrics["arms"][a]["status"] == "done"]
 
 
 def _err(ci: dict) -> dict:
@@ -93,8 +93,8 @@ def differences_figure(metrics: dict, reference: str = "base") -> go.Figure:
     fig = make_subplots(rows=1, cols=len(METRICS), subplot_titles=[SHORT[m] for m in METRICS],
                         horizontal_spacing=0.07)
     for col, m in enumerate(METRICS, 1):
-        for arm, d in diffs.items():
-            ci = d[m]
+        for arm in [a for a in arm_order(metrics) if a in diffs]:
+            ci = diffs[arm][m]
             if ci.get("mean") is None:
                 continue
             fig.add_trace(go.Scatter(x=[arm], y=[ci["mean"]], mode="markers", marker={"size": 11,
@@ -157,7 +157,8 @@ def _setup_html(metrics: dict) -> str:
                       f"seed {s['seed']}; exact match within a relative tolerance of {s['rel_tol']:g}"),
         ("judge", f"{judge.get('backend')}:{judge.get('model')} ({judge.get('prompt_version')}, sees "
                   f"{judge.get('view')} text)" if judge else "not used"),
-        ("wall time", f"{t['wall_seconds']} s for this call (arms reused from earlier calls count as 0)"),
+        ("wall time", f"{t['wall_seconds']} s for this call; the arms' training, generation and scoring took "
+                      f"{t.get('arm_work_seconds', '?')} s when they ran (reused arms included)"),
     ]
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items) + "</table>"
 
@@ -166,7 +167,8 @@ def _metrics_table(metrics: dict) -> str:
     head = "<tr><th>arm</th><th>trained on</th><th>format compliance</th><th>exact match</th>" \
            "<th>reference loss</th><th>naive match (anywhere in text)</th></tr>"
     rows = []
-    for arm, e in metrics["arms"].items():
+    for arm in arm_order(metrics):
+        e = metrics["arms"][arm]
         if e["status"] != "done":
             rows.append(f"<tr><td>{_e(arm)}</td><td colspan=5>skipped: {_e(e.get('reason', ''))}</td></tr>")
             continue
@@ -183,7 +185,8 @@ def _diff_table(metrics: dict, reference: str) -> str:
         return f"<p class=note>No '{_e(reference)}' arm: no differences against it.</p>"
     head = "<tr><th>arm - " + _e(reference) + "</th>" + "".join(f"<th>{_e(SHORT[m])}</th>" for m in METRICS) + "</tr>"
     rows = []
-    for arm, d in diffs.items():
+    for arm in [a for a in arm_order(metrics) if a in diffs]:
+        d = diffs[arm]
         cells = []
         for m in METRICS:
             ci = d[m]
@@ -254,7 +257,8 @@ def render_report(metrics: dict, rows_by_arm: dict[str, list[dict]], *, plotlyjs
             + ("With so few prompts the intervals are wide. " if s["n_eval"] < 100 else "")
             + "Differences that stay inside the intervals are not evidence that one arm is better; "
             "only a paired interval that excludes 0, repeated on more prompts, supports a claim.")
-    skipped = [f"<li>{_e(a)}: {_e(e.get('reason'))}</li>" for a, e in metrics["arms"].items() if e["status"] != "done"]
+    skipped = [f"<li>{_e(a)}: {_e(metrics['arms'][a].get('reason'))}</li>" for a in arm_order(metrics)
+               if metrics["arms"][a]["status"] != "done"]
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>{_CSS}</style>{script}</head><body>
 <h1>{_e(title)}</h1>

@@ -7,31 +7,11 @@ import random
 
 import pytest
 
-from reflection_lab.evaluate_metrics import (
-    arm_summary,
-    bootstrap_ci,
-    combine_orders,
-    differences,
-    extract_number,
-    numbers_in,
-    numeric_match,
-    order_preference,
-    paired_bootstrap,
-    resample_indices,
-    score_answer,
-    verdict_counts,
-    winning_score,
-)
-from reflection_lab.judge import (
-    NO_ANSWER,
-    Comparison,
-    ScriptedJudge,
-    answer_view,
-    judge_messages,
-    parse_verdict,
-    run_judge,
-    unpack_messages,
-)
+from reflection_lab.evaluate_metrics import (arm_summary, bootstrap_ci, combine_orders, differences, extract_number,
+                                             numbers_in, numeric_match, order_preference, paired_bootstrap,
+                                             resample_indices, score_answer, verdict_counts, winning_score)
+from reflection_lab.judge import (NO_ANSWER, Comparison, ScriptedJudge, answer_view, judge_messages, parse_verdict,
+                                  run_judge, unpack_messages)
 
 NUMERIC = {"id": "q1", "answer_type": "numeric", "numeric_answer": 18, "reference": "... = 18"}
 TEXT = {"id": "q2", "answer_type": "text", "numeric_answer": None, "reference": "a poem"}
