@@ -187,3 +187,12 @@ def test_bad_arguments_fail_early(parent, tmp_path):
                      progress=False)
     with pytest.raises(MissingStageError, match="reflect"):
         run_evaluate(Run(tmp_path / "empty"), profile=PROFILE, arms=("reflected",), progress=False)
+
+
+def test_pipeline_adapter_reads_cli_style_options(parent, tmp_path):
+    from reflection_lab.evaluate import stage_runner
+
+    run = _copy(parent, tmp_path / "r")
+    m = stage_runner(run, PROFILE, {"arms": "base", "n_eval": 2, "seed": 3, "quiet": True})
+    assert m["status"] == "complete" and m["config"]["arms"] == ["base"] and m["config"]["seed"] == 3
+    assert m["counts"]["prompts"] == 2
