@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
+from finetune_helpers import one_thread
 from reflection_lab.evaluate import format_table, load_generations, load_metrics, run_evaluate
 from reflection_lab.evaluate_arms import arm_data, subrun_root
 from reflection_lab.judge import ScriptedJudge
 from reflection_lab.profiles import get_profile
 from reflection_lab.runs import Run, read_jsonl
-from tests.finetune_helpers import one_thread
 
 PROFILE = get_profile("ci", max_steps=2, max_new_tokens=12)
 
@@ -89,7 +89,8 @@ def test_full_evaluation_reproduces_and_resumes_after_a_kill(parent, tmp_path, m
     assert all(j["wins"] + j["ties"] + j["losses"] + j["invalid"] == 6 for j in metrics["judge"])
     table = format_table(metrics)
     assert "selected" in table and "not evidence" in table and "max_steps=2" in table
-    assert [line.split()[0] for line in table.splitlines()[2:7]] == ["base", "original", "reflected", "selected", "random"]
+    names = [line.split()[0] for line in table.splitlines()[2:7]]
+    assert names == ["base", "original", "reflected", "selected", "random"]
 
     # the same call again is a reuse: nothing regenerated, same manifest
     assert run_evaluate(run_a, profile=PROFILE, judge=judge, progress=False)["finished"] == m_a["finished"]
