@@ -39,6 +39,12 @@ class _Panes:
         self.reflections = W.VBox([])
         self.box = W.VBox([self.status, self.thinking, self.reflections, self.output, self.outside, self.diagnostics],
                           layout=W.Layout(flex="1 1 0", min_width="0"))
+        # stable CSS classes for browser tests (no behaviour)
+        for widget, name in ((self.box, "rl-panes"), (self.status, "rl-pane-status"),
+                             (self.thinking, "rl-pane-thinking"), (self.reflections, "rl-pane-reflections"),
+                             (self.output, "rl-pane-output"), (self.outside, "rl-pane-outside"),
+                             (self.diagnostics, "rl-pane-diagnostics")):
+            widget.add_class(name)
         self._seen = -1
         self.refresh()
 
@@ -72,6 +78,9 @@ class _Controls:
         self.generate = W.Button(description="Generate", button_style="primary", icon="play")
         self.stop = W.Button(description="Stop", icon="stop", disabled=True)
         self.box = W.VBox([self.prompt, W.HBox([self.preset, self.max_new_tokens, self.generate, self.stop])])
+        for widget, name in ((self.prompt, "rl-viewer-prompt"), (self.generate, "rl-viewer-generate"),
+                             (self.stop, "rl-viewer-stop")):
+            widget.add_class(name)
 
     def busy(self, running: bool) -> None:
         self.generate.disabled, self.stop.disabled = running, not running
@@ -123,6 +132,7 @@ class ReflectionViewer(_Base):
         self.controls.generate.on_click(lambda _: self._launch(self.generate))
         self.controls.stop.on_click(lambda _: self.stop())
         self.ui = W.VBox([self.controls.box, self.panes.box])
+        self.ui.add_class("rl-reflection-viewer")
 
     def generate(self, prompt: str | None = None) -> Generation:
         """Generate for the prompt box (or `prompt`) now, in this thread; the panes follow along."""
@@ -164,6 +174,7 @@ class CompareViewer(_Base):
         self.controls.stop.on_click(lambda _: self.stop())
         self.ui = W.VBox([self.controls.box, W.HBox([p.box for p in self.panes], layout=W.Layout(width="100%")),
                           self.summary])
+        self.ui.add_class("rl-compare-viewer")
 
     def _refresh(self) -> None:
         for p in self.panes:

@@ -153,6 +153,9 @@ class ThresholdExplorer:
         ids = W.VBox([self.id_kind, self.id_list, self.id_note, self.open_button])
         self.ui = W.VBox([W.HBox([controls, ids]), self.count, self.plot, self.outcomes,
                           W.HBox([self.write_button, self.status])])
+        _css_classes({self.ui: "rl-threshold-explorer", self.ifd_slider: "rl-ifd-max", self.rifd_slider: "rl-rifd-max",
+                      self.topk_slider: "rl-topk", self.count: "rl-explorer-count", self.plot: "rl-explorer-plot",
+                      self.outcomes: "rl-explorer-outcomes", self.write_button: "rl-write-selection"})
         self.state.update()
         self._refresh()
 
@@ -217,11 +220,18 @@ class SelectionLab:
         self.tabs.children = [self.explorer.ui, self.inspector.ui]
         self.tabs.set_title(0, "thresholds")
         self.tabs.set_title(1, "samples")
+        self.tabs.add_class("rl-selection-lab")
         self.ui = self.tabs
 
     def _open(self, sample_id: str) -> None:
         self.inspector.show(sample_id)
         self.tabs.selected_index = 1
+
+
+def _css_classes(widgets: dict[W.DOMWidget, str]) -> None:
+    """Stable CSS classes (rl-...) so browser tests find widgets without depending on layout or labels."""
+    for widget, name in widgets.items():
+        widget.add_class(name)
 
 
 def selection_lab(source: Run | SelectionTable, config: SelectionConfig | None = None) -> SelectionLab:

@@ -304,6 +304,11 @@ class SampleInspector:
             W.HBox([self.prev_button, self.next_button, self.position, self.id_box, self.open_button]),
             W.HBox([self.search, self.outcome]), W.HBox([self.use_range, self.ifd_range]),
             W.HBox([self.compare, self.heatmap]), self.body])
+        # stable CSS classes for browser tests (no behaviour)
+        for widget, name in ((self.ui, "rl-sample-inspector"), (self.prev_button, "rl-inspector-prev"),
+                             (self.next_button, "rl-inspector-next"), (self.position, "rl-inspector-position"),
+                             (self.id_box, "rl-inspector-id"), (self.body, "rl-inspector-body")):
+            widget.add_class(name)
         self.refresh()
 
     def _step(self, move) -> None:

@@ -1,0 +1,115 @@
+"""Notebook 06 in JupyterLab: its figure renders, and the live viewer streams into its panes on Generate.
+
+Why two viewers: the notebook's own viewer runs the fine-tuned SmolLM2 student, which after six CPU
+steps rarely writes well-formed tags, so whether its tag panes fill is reported, not asserted (its status
+pane must still show a finished generation after the click). The deterministic check adds a cell through
+the page, the way a person would, with a viewer on `reflection_lab.inference.ScriptedModel`: its
+thinking, reflection and output panes must fill, live, after a click on Generate.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+from browser_lab import screenshot, wait_until
+
+pytestmark = pytest.mark.browser
+
+SCRIPT = ("<thinking>\nThe question asks for 15% of 80. 0.15 * 80 = 10.\n<reflection>\n"
+          "Check: 10% of 80 is 8 and 5% is 4, so 15% is 12, not 10.\n</reflection>\n"
+          "So the answer is 12.\n</thinking>\n<output>\n15% of 80 is 12.\n</output>")
+SCRIPT_CELL = (
+    "# Added by tests/browser: a scripted backend makes the live viewer deterministic.\n"
+    "from reflection_lab.inference import ScriptedModel\n"
+    "from reflection_lab.viewer import viewer as rl_viewer\n"
+    f"scripted = ScriptedModel({SCRIPT!r}, name='scripted', chunk_chars=3, delay_s=0.04)\n"
+    "scripted_viewer = rl_viewer(scripted, prompt='What is 15% of 80?', title='scripted (browser test)')\n"
+    "display(scripted_viewer.ui)\n")
+
+
+def _panes(viewer: Any) -> dict[str, str]:
+    """The text a person reads in each pane (labels included)."""
+    out = {}
+    for name in ("status", "thinking", "reflections", "output"):
+        loc = viewer.locator(f".rl-pane-{name}").first
+        out[name] = loc.inner_text().strip() if loc.count() else ""
+    return out
+
+
+def _body(pane_text: str, label: str) -> str:
+    """A pane's text without its small label line ("thinking", "output", ...)."""
+    return pane_text[len(label):].strip() if pane_text.startswith(label) else pane_text
+
+
+def test_figure_renders(inference_page: Any) -> None:
+    """The parser-diagnostics histogram at the end of the notebook draws an SVG."""
+    plot = inference_page.locator(".jp-OutputArea-output .js-plotly-plot").last
+    plot.wait_for(state="visible", timeout=60_000)
+    assert plot.locator("svg.main-svg path").count() > 0, "the histogram drew no paths"
+    assert "Parser diagnostics" in " ".join(plot.locator("svg.main-svg text").all_inner_texts())
+    screenshot(plot, "06_diagnostics_histogram")
+
+
+def test_live_viewer_on_the_student_generates_on_click(inference_page: Any) -> None:
+    """Generate on the notebook's fine-tuned-student viewer: the status goes to generating and back to done."""
+    viewer = inference_page.locator(".rl-reflection-viewer").first
+    status = viewer.locator(".rl-pane-status")
+    before = status.inner_text()
+    viewer.locator(".rl-viewer-prompt textarea").fill("What is 7 + 5? Think, then answer.")
+    viewer.locator(".rl-viewer-generate").click()
+    wait_until(lambda: "generating" in status.inner_text(), 60, "the status pane says 'generating…' after the click")
+    final = wait_until(lambda: (t := status.inner_text()) if "generating" not in t else None, 300,
+                       "the student's generation finishes")
+    assert final != before and re.search(r"[1-9]\d* chars in \d+ chunks", final), \
+        f"no new text streamed into the viewer (status {final!r})"
+    panes = _panes(viewer)
+    output = _body(panes["output"], "output")
+    filled = {"thinking": bool(_body(panes["thinking"], "thinking")), "reflection": bool(panes["reflections"]),
+              "output": bool(output) and not output.startswith("no <output>")}
+    print(f"\n[browser] fine-tuned SmolLM2 in the live viewer: {final!r}; tag panes filled: {filled}", flush=True)
+    screenshot(viewer, "06_viewer_student")
+
+
+def test_live_viewer_fills_thinking_reflection_output_panes(inference_page: Any) -> None:
+    """A cell added in the page shows a viewer on ScriptedModel; Generate streams into all three panes."""
+    page = inference_page
+    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+    n = cells.count()
+    cells.last.click()
+    page.keyboard.press("Escape")  # command mode
+    page.keyboard.press("b")  # insert a cell below
+    wait_until(lambda: cells.count() == n + 1, 30, "a new cell appears below the last one")
+    cell = cells.nth(n)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.insert_text(SCRIPT_CELL)
+    page.keyboard.press("Shift+Enter")
+    wait_until(lambda: re.fullmatch(r"\s*\[\d+\]:\s*", cell.locator(".jp-InputArea-prompt").inner_text()), 120,
+               "the added cell has run")
+    viewer = cell.locator(".rl-reflection-viewer")
+    viewer.wait_for(state="visible", timeout=60_000)
+    assert _body(_panes(viewer)["thinking"], "thinking") == "", "the panes should be empty before Generate"
+
+    viewer.locator(".rl-viewer-generate").click()
+    live: list[dict[str, str]] = []  # what the panes showed while the status said "generating"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        panes = _panes(viewer)
+        if "generating" in panes["status"]:
+            live.append(panes)
+        elif "well formed" in panes["status"] or "error" in panes["status"]:
+            break
+        time.sleep(0.1)
+    final = _panes(viewer)
+    screenshot(viewer, "06_viewer_scripted")
+    assert "not well formed" not in final["status"] and "well formed" in final["status"], \
+        f"the scripted generation did not finish well formed: {final['status']!r}"
+    assert "0.15 * 80 = 10." in final["thinking"] and "So the answer is 12." in final["thinking"], final["thinking"]
+    assert "reflection 1" in final["thinking"], "the thinking pane should mark where the reflection sits"
+    assert "15% is 12, not 10." in final["reflections"], f"reflection pane: {final['reflections']!r}"
+    assert "15% of 80 is 12." in _body(final["output"], "output"), f"output pane: {final['output']!r}"
+    assert any(_body(p["thinking"], "thinking") and "15% of 80 is 12." not in p["output"] for p in live), \
+        f"the panes never showed a partial answer while generating ({len(live)} samples): not live"
