@@ -93,6 +93,7 @@ class FinetuneConfig:
     save_total_limit: int = 2
     gradient_checkpointing: bool = True
     group_by_length: bool = True
+    answer_logits_only: bool = True  # project only answer-predicting positions onto the vocabulary (same loss)
     seed: int = 0
     dtype: str = "auto"
     device: str = "auto"
@@ -271,8 +272,37 @@ def _training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: b
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=False,
         report_to=[], disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
+        prediction_loss_only=True,  # eval needs the loss only; keeping eval logits costs batch x length x vocab
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, save_only_model=False,
     )
+
+
+def supports_logits_to_keep(model: Any) -> bool:
+    """True when the causal LM's forward takes `logits_to_keep` (transformers 5 models do)."""
+    import inspect
+
+    base = model
+    while hasattr(base, "get_base_model") and base is not getattr(base, "get_base_model")():
+        base = base.get_base_model()
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def answer_only_loss(model: Any, inputs: dict) -> tuple[Any, int, Any]:
+    """(summed cross-entropy, number of trained tokens, outputs) with logits only where a trained token is next.
+
+    `inputs` holds input_ids, attention_mask, labels (unshifted, -100 where untrained) and the boolean
+    `logits_to_keep` mask from `PadToLongest(keep_logits=True)`. The result equals the model's own
+    loss on full logits (tests check it) without materialising batch x length x vocabulary logits.
+    """
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    keep = inputs["logits_to_keep"]
+    outputs = model(**inputs)
+    target = labels[:, 1:][keep[:, :-1]]  # row-major, the order in which the kept logits come back
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+    return F.cross_entropy(logits.float(), target, reduction="sum"), int(target.numel()), outputs
 
 
 def _make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleDataset | None, collator: Any,
@@ -280,12 +310,26 @@ def _make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: Example
     from transformers import Trainer
 
     class LabTrainer(Trainer):
-        """Trainer whose batches are grouped by length with an order fixed by (seed, epoch)."""
+        """Trainer with length-grouped batches in an order fixed by (seed, epoch), and answer-only logits."""
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             if not config.group_by_length:
                 return super()._get_train_sampler(train_dataset)
             return LengthGroupedSampler(train.lengths, config.batch_size, seed=config.seed)
+
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if "logits_to_keep" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            total, n, outputs = answer_only_loss(model, inputs)
+            # the same normalisation as Trainer.compute_loss with a model that takes num_items_in_batch
+            if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                loss = total / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes
+            else:
+                loss = total / max(n, 1)
+            return (loss, outputs) if return_outputs else loss
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -382,7 +426,8 @@ def _train(run: Run, config: FinetuneConfig, cfg: dict, select_m: dict, rank: in
     mem_before = _memory(info.device)
     model, facts = build_model(config, tok, info)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else fmt.end_ids[-1]
-    collator = PadToLongest(pad_id, pad_to_multiple_of=8 if info.device == "cuda" else None)
+    collator = PadToLongest(pad_id, pad_to_multiple_of=8 if info.device == "cuda" else None,
+                            keep_logits=config.answer_logits_only and supports_logits_to_keep(model))
     args = _training_args(config, ckpt_dir, info, bool(eval_ex), world)
 
     resume_from = last_complete_checkpoint(ckpt_dir)

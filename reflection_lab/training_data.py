@@ -255,10 +255,17 @@ class ExampleDataset:
 
 @dataclass
 class PadToLongest:
-    """Right-pad a batch to its longest member; labels -100 and attention 0 on the added positions."""
+    """Right-pad a batch to its longest member; labels -100 and attention 0 on the added positions.
+
+    With `keep_logits=True` the batch also carries `logits_to_keep`, a boolean (batch, length) mask of
+    the positions whose next token is trained. transformers then projects only those hidden states onto
+    the vocabulary: on SmolLM2 (49k-token vocabulary) the logits are the largest tensors of a step, and
+    prompt and padding positions would be computed only to be ignored.
+    """
 
     pad_id: int
     pad_to_multiple_of: int | None = None
+    keep_logits: bool = False
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -275,7 +282,12 @@ class PadToLongest:
             ids[r, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
             labels[r, :n] = torch.tensor(f["labels"], dtype=torch.long)
             mask[r, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if self.keep_logits:
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != -100
+            batch["logits_to_keep"] = keep
+        return batch
 
 
 class LengthGroupedSampler:

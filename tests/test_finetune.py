@@ -309,3 +309,23 @@ def test_the_log_reads_back_into_the_loss_figure(trained):
     assert sorted(losses(run)) == list(range(1, 9)) and sorted(losses(run, "eval")) == [4, 8]
     fig = loss_figure(read_train_log(run))
     assert list(fig.data[0].x) == list(range(1, 9)) and list(fig.data[1].x) == [4, 8]
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2"])
+def test_answer_only_logits_give_the_models_own_loss(spec, tiny_llama_path, tiny_gpt2_path):
+    import torch
+
+    from reflection_lab.finetune import answer_only_loss, supports_logits_to_keep
+    from reflection_lab.models import load_model, load_tokenizer
+    from reflection_lab.training_data import PadToLongest, build_format, encode_rows
+
+    tok = load_tokenizer(spec)
+    exs, _ = encode_rows(tiny_rows(6, seed=4), build_format(tok, "chat"), tok, max_length=256)
+    batch = PadToLongest(tok.pad_token_id, keep_logits=True)(exs)
+    model = load_model(spec)
+    assert supports_logits_to_keep(model)
+    with torch.no_grad():
+        total, n, out = answer_only_loss(model, batch)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    assert n == int((batch["labels"][:, 1:] != -100).sum()) and out.logits.shape[-2:] == (n, len(tok))
+    assert (total / n).item() == pytest.approx(full.loss.item(), abs=1e-5)
