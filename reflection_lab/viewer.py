@@ -78,7 +78,8 @@ class _Controls:
         self.generate = W.Button(description="Generate", button_style="primary", icon="play")
         self.stop = W.Button(description="Stop", icon="stop", disabled=True)
         self.box = W.VBox([self.prompt, W.HBox([self.preset, self.max_new_tokens, self.generate, self.stop])])
-        for widget, name in ((self.prompt, "rl-viewer-prompt"), (self.generate, "rl-viewer-generate"),
+        for widget, name in ((self.prompt, "rl-viewer-prompt"), (self.preset, "rl-viewer-preset"),
+                             (self.max_new_tokens, "rl-viewer-max-tokens"), (self.generate, "rl-viewer-generate"),
                              (self.stop, "rl-viewer-stop")):
             widget.add_class(name)
 

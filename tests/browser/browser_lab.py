@@ -181,7 +181,9 @@ def start_lab(root: Path, env: dict[str, str], log_path: Path, timeout_s: float 
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
            f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--ServerApp.terminals_enabled=False",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root; jupyter refuses without this
+        cmd.append("--allow-root")
     log = open(log_path, "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -243,10 +245,11 @@ def wait_kernel_idle(page: Any, timeout_s: float) -> None:
         timeout=timeout_s * 1000)
 
 
-def menu_command(page: Any, menu: str, command_id: str) -> None:
-    """Click a top menu (e.g. "Run") and the item bound to a command id, the way a person does."""
+def menu_command(page: Any, menu: str, label: str) -> None:
+    """Click a top menu (e.g. "Run") and one of its items by its label, the way a person does."""
     page.locator("#jp-MainMenu .lm-MenuBar-item", has_text=re.compile(rf"^{re.escape(menu)}$")).click()
-    item = page.locator(f'.lm-Menu:not(.lm-MenuBar) li.lm-Menu-item[data-command="{command_id}"]')
+    item = page.locator(".lm-MenuBar-menu li.lm-Menu-item").filter(
+        has=page.locator(".lm-Menu-itemLabel", has_text=re.compile(rf"^{re.escape(label)}$")))
     item.wait_for(state="visible", timeout=10_000)
     item.click()
 
@@ -258,7 +261,7 @@ def run_all_cells(page: Any, timeout_s: float, label: str) -> float:
     """
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").click(position={"x": 5, "y": 5})
     t0 = time.perf_counter()
-    menu_command(page, "Run", "notebook:run-all-cells")
+    menu_command(page, "Run", "Run All Cells")
     deadline = time.monotonic() + timeout_s
     state: dict | None = None
     seen_busy = False
@@ -300,13 +303,30 @@ def figure_signature(locator: Any) -> str:
                                                                              : n.textContent).join('|')).join('#')""")
 
 
+def svg_texts(locator: Any) -> str:
+    """The text a plotly figure draws (titles, axis labels, annotations); SVG text has no innerText."""
+    return locator.locator("svg.main-svg text").evaluate_all("ns => ns.map(n => n.textContent).join(' ')")
+
+
 def screenshot(target: Any, name: str) -> Path:
-    """A PNG under ci-artifacts/browser/ (element or whole page), for people reading a CI run."""
+    """A PNG under ci-artifacts/browser/ (an element, or the whole page), for people reading a CI run.
+
+    An element is scrolled to the top of JupyterLab's notebook panel and cut to the window: the app scrolls
+    inside its own panels, so a plain element screenshot of a tall widget comes out as mostly grey.
+    """
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    if hasattr(target, "scroll_into_view_if_needed"):
-        target.scroll_into_view_if_needed(timeout=10_000)
+    if not hasattr(target, "bounding_box"):  # a page
         target.screenshot(path=str(path), timeout=30_000)
-    else:
-        target.screenshot(path=str(path), full_page=True, timeout=30_000)
+        return path
+    target.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page = target.page
+    box, view = target.bounding_box(), page.viewport_size
+    if not box or not view:
+        target.screenshot(path=str(path), timeout=30_000)
+        return path
+    x, y = max(box["x"], 0), max(box["y"], 0)
+    w = min(box["x"] + box["width"], view["width"]) - x
+    h = min(box["y"] + box["height"], view["height"]) - y
+    page.screenshot(path=str(path), clip={"x": x, "y": y, "width": max(w, 1), "height": max(h, 1)}, timeout=30_000)
     return path

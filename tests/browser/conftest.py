@@ -112,7 +112,7 @@ def browser(chromium_path: str) -> Iterator[Any]:
 
 def _notebook_page(browser: Any, server: LabServer, artifacts: Path, rel_path: str, label: str) -> Iterator[Any]:
     """A page with one notebook opened and all its cells run (console errors go to a log)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport={"width": 1400, "height": 1600})
     page = context.new_page()
     page.set_default_timeout(30_000)
     console = open(artifacts / f"{label}-console.log", "w")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from browser_lab import figure_signature, screenshot, wait_until
+from browser_lab import figure_signature, screenshot, svg_texts, wait_until
 
 pytestmark = pytest.mark.browser
 TIMEOUT_S = 60  # one re-decision and redraw of 8 samples; generous for a loaded 2-core machine
@@ -26,12 +26,12 @@ def _kept(explorer: Any) -> int | None:
 
 
 def _annotations(plot: Any) -> str:
-    return " ".join(plot.locator("svg.main-svg text").all_inner_texts())
+    return svg_texts(plot)
 
 
 def test_plotly_figures_render(select_page: Any) -> None:
     """The explorer's two histograms and the sankey and scatter cells all draw an SVG figure."""
-    plots = select_page.locator(".jp-OutputArea-output .js-plotly-plot")
+    plots = select_page.locator(".jp-OutputArea .js-plotly-plot")
     wait_until(lambda: plots.count() >= 4, TIMEOUT_S, "four plotly figures are in the outputs")
     for i in range(plots.count()):
         assert plots.nth(i).locator("svg.main-svg").first.is_visible(), f"figure {i} has no visible svg.main-svg"
@@ -132,5 +132,6 @@ def test_sample_inspector_next_shows_diff_and_heatmap(select_page: Any) -> None:
     assert found_heat, f"no per-token heatmap spans on samples {seen}"
     assert found_diff, f"no word diff (<ins>/<del> in the diff cells) on samples {seen}"
     assert body.locator('span[title^="gain "]').count() > 0, "the 'how much the instruction helped' heatmap is missing"
-    screenshot(inspector, "04_inspector_diff_heatmap")
+    screenshot(inspector, "04_inspector_diff")
+    screenshot(body.locator("div:has(> span[title^='loss '])").first, "04_inspector_heatmap")
     lab.locator(".lm-TabBar-tab", has_text="thresholds").click()

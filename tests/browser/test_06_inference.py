@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from browser_lab import screenshot, wait_until
+from browser_lab import screenshot, svg_texts, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -45,33 +45,90 @@ def _body(pane_text: str, label: str) -> str:
     return pane_text[len(label):].strip() if pane_text.startswith(label) else pane_text
 
 
+def _filled(pane_text: str, label: str) -> bool:
+    """A pane shows model text, not its placeholder ("(empty)", "no <output>")."""
+    body = _body(pane_text, label)
+    return bool(body) and body != "(empty)" and not body.startswith("no <output>")
+
+
 def test_figure_renders(inference_page: Any) -> None:
     """The parser-diagnostics histogram at the end of the notebook draws an SVG."""
-    plot = inference_page.locator(".jp-OutputArea-output .js-plotly-plot").last
+    plot = inference_page.locator(".jp-OutputArea .js-plotly-plot").last
     plot.wait_for(state="visible", timeout=60_000)
     assert plot.locator("svg.main-svg path").count() > 0, "the histogram drew no paths"
-    assert "Parser diagnostics" in " ".join(plot.locator("svg.main-svg text").all_inner_texts())
+    assert "Parser diagnostics" in svg_texts(plot)
     screenshot(plot, "06_diagnostics_histogram")
 
 
+def _tokens(status: str) -> int | None:
+    m = re.search(r"(\d+) tokens", status)
+    return int(m.group(1)) if m else None
+
+
 def test_live_viewer_on_the_student_generates_on_click(inference_page: Any) -> None:
-    """Generate on the notebook's fine-tuned-student viewer: the status goes to generating and back to done."""
+    """The notebook's fine-tuned-student viewer: a new prompt and max tokens 12, then Generate.
+
+    Proof that the click reached Python: the finished status counts at most 12 tokens (the notebook's own
+    generation used max_new_tokens=96) and differs from before. Which tag panes the notebook's own 96-token
+    run filled is printed and screenshotted, not asserted: a 135M student after six steps rarely writes tags.
+    """
     viewer = inference_page.locator(".rl-reflection-viewer").first
     status = viewer.locator(".rl-pane-status")
-    before = status.inner_text()
+    before = _panes(viewer)
+    filled = {"thinking": _filled(before["thinking"], "thinking"), "reflection": bool(before["reflections"]),
+              "output": _filled(before["output"], "output")}
+    print(f"\n[browser] fine-tuned SmolLM2 in the notebook's viewer: {before['status']!r}; "
+          f"tag panes filled: {filled}", flush=True)
+    screenshot(viewer, "06_viewer_student_notebook_run")
+
     viewer.locator(".rl-viewer-prompt textarea").fill("What is 7 + 5? Think, then answer.")
+    max_tokens = viewer.locator(".rl-viewer-max-tokens input")
+    max_tokens.fill("12")
+    max_tokens.press("Tab")  # the box syncs on change (blur)
     viewer.locator(".rl-viewer-generate").click()
-    wait_until(lambda: "generating" in status.inner_text(), 60, "the status pane says 'generating…' after the click")
-    final = wait_until(lambda: (t := status.inner_text()) if "generating" not in t else None, 300,
-                       "the student's generation finishes")
-    assert final != before and re.search(r"[1-9]\d* chars in \d+ chunks", final), \
-        f"no new text streamed into the viewer (status {final!r})"
-    panes = _panes(viewer)
-    output = _body(panes["output"], "output")
-    filled = {"thinking": bool(_body(panes["thinking"], "thinking")), "reflection": bool(panes["reflections"]),
-              "output": bool(output) and not output.startswith("no <output>")}
-    print(f"\n[browser] fine-tuned SmolLM2 in the live viewer: {final!r}; tag panes filled: {filled}", flush=True)
-    screenshot(viewer, "06_viewer_student")
+
+    def finished() -> str | None:
+        text = status.inner_text()
+        n = _tokens(text)
+        return text if "generating" not in text and text != before["status"] and n is not None and n <= 12 else None
+
+    final = wait_until(finished, 300, "the student's new generation (at most 12 tokens) finishes in the status pane")
+    assert re.search(r"[1-9]\d* chars in \d+ chunks", final), f"no text streamed into the viewer: {final!r}"
+    screenshot(viewer, "06_viewer_student_after_click")
+
+
+def _clipped_panes(panes: Any) -> list[str]:
+    """Panes (in one `.rl-panes` box) a person cannot see: zero height, or cut off by the box (overflow)."""
+    return panes.evaluate("""box => {
+        const outer = box.getBoundingClientRect();
+        const names = ['status', 'thinking', 'output'];
+        return names.filter(n => {
+            const r = box.querySelector('.rl-pane-' + n).getBoundingClientRect();
+            return r.height === 0 || outer.height === 0 || r.bottom > outer.bottom + 1 || r.top < outer.top - 1;
+        });
+    }""")
+
+
+@pytest.mark.xfail(strict=True, reason="viewer.py: _Panes.box has Layout(flex='1 1 0'), right for CompareViewer's "
+                   "HBox but in ReflectionViewer's VBox its height is 0 (overflow auto), so the panes are invisible")
+def test_single_viewer_panes_are_visible(inference_page: Any) -> None:
+    """What a person sees: the notebook's single viewer must show its status, thinking and output panes."""
+    viewer = inference_page.locator(".rl-reflection-viewer").first
+    viewer.evaluate("e => e.scrollIntoView({block: 'start'})")
+    hidden = _clipped_panes(viewer.locator(".rl-panes").first)
+    assert hidden == [], f"panes hidden in the single viewer: {hidden}"
+
+
+def test_compare_viewer_panes_are_visible_and_filled(inference_page: Any) -> None:
+    """Base and fine-tuned columns: both statuses finished and their panes on screen."""
+    compare = inference_page.locator(".rl-compare-viewer").first
+    compare.evaluate("e => e.scrollIntoView({block: 'start'})")
+    columns = compare.locator(".rl-panes")
+    assert columns.count() == 2
+    for i in range(2):
+        assert _clipped_panes(columns.nth(i)) == [], f"column {i} hides panes"
+        assert re.search(r"\d+ chars in \d+ chunks", columns.nth(i).locator(".rl-pane-status").inner_text())
+    screenshot(compare, "06_compare_viewer")
 
 
 def test_live_viewer_fills_thinking_reflection_output_panes(inference_page: Any) -> None:
@@ -111,5 +168,5 @@ def test_live_viewer_fills_thinking_reflection_output_panes(inference_page: Any)
     assert "reflection 1" in final["thinking"], "the thinking pane should mark where the reflection sits"
     assert "15% is 12, not 10." in final["reflections"], f"reflection pane: {final['reflections']!r}"
     assert "15% of 80 is 12." in _body(final["output"], "output"), f"output pane: {final['output']!r}"
-    assert any(_body(p["thinking"], "thinking") and "15% of 80 is 12." not in p["output"] for p in live), \
+    assert any(_filled(p["thinking"], "thinking") and "15% of 80 is 12." not in p["output"] for p in live), \
         f"the panes never showed a partial answer while generating ({len(live)} samples): not live"
