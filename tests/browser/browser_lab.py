@@ -59,13 +59,13 @@ def lab_env(run_dir: Path, overrides: dict[str, Any], extra: dict[str, str] | No
     return env
 
 
-def prepare_run(run_dir: Path, overrides: dict[str, Any], log_path: Path, timeout_s: float) -> float:
-    """`python -m reflection_lab run` up to finetune; finished stages with the same settings are reused."""
+def prepare_run(run_dir: Path, overrides: dict[str, Any], log_path: Path, timeout_s: float) -> tuple[float, float]:
+    """`python -m reflection_lab run` up to finetune (reusing finished stages); returns (wall, CPU) seconds."""
     cmd = [sys.executable, "-m", "reflection_lab", "run", "--profile", "offline", "--run", str(run_dir),
            "--stages", STAGES]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
@@ -79,7 +79,15 @@ def prepare_run(run_dir: Path, overrides: dict[str, Any], log_path: Path, timeou
     if rc != 0:
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"`reflection_lab run` failed with exit code {rc} (log {log_path}):\n{tail}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _children_cpu() - cpu0
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished child processes: on a shared, busy machine wall time says little."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def free_port() -> int:
@@ -141,6 +149,17 @@ class LabServer:
             body = r.read()
         return json.loads(body) if body else None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds used so far by the server and its kernels (None without psutil)."""
+        try:
+            import psutil
+
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+            return sum(sum(p.cpu_times()[:2]) for p in procs)
+        except Exception:
+            return None
+
     def stop(self) -> None:
         """Shut kernels down through the API first (clean), then the server's process tree (always)."""
         if self.proc.poll() is None:
@@ -157,7 +176,9 @@ class LabServer:
 def write_lab_settings(settings_dir: Path) -> None:
     """User settings for a quiet, test-friendly JupyterLab: every cell in the DOM, no update or news checks."""
     settings = {
-        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        # autoStartDefaultKernel: under load JupyterLab can ask "Select Kernel" although the notebook names one
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none",
+                                                                       "autoStartDefaultKernel": True},
         "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"checkForUpdates": False,
                                                                             "fetchNews": "false"},
         "@jupyterlab/extensionmanager-extension/plugin.jupyterlab-settings": {"enabled": False},
@@ -234,10 +255,31 @@ def notebook_state(page: Any) -> dict | None:
 
 
 def open_notebook(page: Any, server: LabServer, rel_path: str, timeout_s: float = 180.0) -> None:
-    """Open a notebook in JupyterLab and wait until its kernel is idle (started and ready)."""
+    """Open a notebook in JupyterLab and wait until it is shown (no loading spinner) and its kernel is idle."""
     page.goto(server.url(f"lab/tree/{rel_path}"), wait_until="domcontentloaded")
     page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=timeout_s * 1000)
+    page.locator(".jp-NotebookPanel .jp-Spinner").wait_for(state="hidden", timeout=timeout_s * 1000)
+    accept_kernel_dialog(page)
     wait_kernel_idle(page, timeout_s)
+    accept_kernel_dialog(page)
+
+
+def dialog_text(page: Any) -> str | None:
+    """The text of an open JupyterLab dialog (it blocks every click), or None."""
+    dialog = page.locator(".jp-Dialog")
+    return dialog.first.inner_text() if dialog.count() and dialog.first.is_visible() else None
+
+
+def accept_kernel_dialog(page: Any, wait_s: float = 2.0) -> None:
+    """Press "Select" on a "Select Kernel" dialog (the notebook's own kernel is preselected), if one shows."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        text = dialog_text(page)
+        if text and "Select Kernel" in text:
+            page.locator(".jp-Dialog .jp-mod-accept").first.click()
+            page.locator(".jp-Dialog").first.wait_for(state="detached", timeout=10_000)
+            return
+        time.sleep(0.2)
 
 
 def wait_kernel_idle(page: Any, timeout_s: float) -> None:
@@ -267,6 +309,8 @@ def run_all_cells(page: Any, timeout_s: float, label: str) -> float:
     seen_busy = False
     while time.monotonic() < deadline:
         state = notebook_state(page) or {}
+        if (text := dialog_text(page)) is not None:
+            raise AssertionError(f"{label}: a dialog blocks the notebook during Run All Cells: {text!r}")
         if state.get("errors"):
             err = state["errors"][0]
             raise AssertionError(f"{label}: code cell {err['cell']} raised during Run All Cells:\n{err['text']}")

@@ -8,7 +8,7 @@ Environment:
   LAB_REQUIRE_BROWSER=1         a missing Chromium (or Playwright) is a failure, not a skip (CI sets it)
   LAB_CHROMIUM=/path            another Chromium binary (default /usr/bin/chromium)
   LAB_BROWSER_RUN=/path         prepare (or reuse) the run there instead of a temporary folder (debugging)
-  LAB_BROWSER_PREPARE_TIMEOUT   seconds for `reflection_lab run` (default 900)
+  LAB_BROWSER_PREPARE_TIMEOUT   seconds for `reflection_lab run` (default 1800)
   LAB_BROWSER_NOTEBOOK_TIMEOUT  seconds for Run All Cells of one notebook (default 480)
 """
 
@@ -67,9 +67,9 @@ def prepared_run(artifacts: Path, overrides: dict[str, Any], tmp_path_factory: p
     """A run directory made by the CLI up to finetune, with the notebook tests' profile and overrides."""
     env_dir = os.environ.get("LAB_BROWSER_RUN")
     run_dir = Path(env_dir).resolve() if env_dir else tmp_path_factory.mktemp("browser-run") / "run"
-    seconds = prepare_run(run_dir, overrides, artifacts / "prepare-run.log",
-                          float(os.environ.get("LAB_BROWSER_PREPARE_TIMEOUT", "900")))
-    print(f"\n[browser] run prepared in {seconds:.1f} s: {run_dir}", flush=True)
+    wall, cpu = prepare_run(run_dir, overrides, artifacts / "prepare-run.log",
+                            float(os.environ.get("LAB_BROWSER_PREPARE_TIMEOUT", "1800")))
+    print(f"\n[browser] run prepared in {wall:.1f} s ({cpu:.1f} CPU s): {run_dir}", flush=True)
     return run_dir
 
 
@@ -87,7 +87,10 @@ def lab_server(prepared_run: Path, overrides: dict[str, Any], artifacts: Path,
     try:
         yield server
     finally:
+        cpu = server.cpu_seconds()
         server.stop()
+        if cpu is not None:
+            print(f"\n[browser] JupyterLab and its kernels used {cpu:.1f} CPU s", flush=True)
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def _clipped_panes(panes: Any) -> list[str]:
     }""")
 
 
-@pytest.mark.xfail(strict=True, reason="viewer.py: _Panes.box has Layout(flex='1 1 0'), right for CompareViewer's "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="viewer.py: _Panes.box has Layout(flex='1 1 0'), right for CompareViewer's "
                    "HBox but in ReflectionViewer's VBox its height is 0 (overflow auto), so the panes are invisible")
 def test_single_viewer_panes_are_visible(inference_page: Any) -> None:
     """What a person sees: the notebook's single viewer must show its status, thinking and output panes."""
