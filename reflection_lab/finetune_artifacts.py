@@ -84,6 +84,10 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "fl
     return out
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
 def write_model_card(path: Path, *, config: FinetuneConfig, meta: dict, counts: dict, select_m: dict,
                      report: EncodeReport, fmt: TrainingFormat, memory: dict, device: str) -> None:
     base = meta["base_model"]
@@ -123,10 +127,9 @@ def write_model_card(path: Path, *, config: FinetuneConfig, meta: dict, counts: 
               f"- Hyperparameters: `{json.dumps(hp, default=str)}`",
               f"- Steps: {counts['steps']} on {device} in {counts['train_seconds']:.0f} s "
               f"({counts['tokens_per_second']:.0f} real tokens/s, {counts['processes']} process(es)); "
-              f"{counts['tokens_seen']} answer+prompt tokens seen.",
-              f"- Final train loss: {counts.get('final_train_loss')}; "
-              f"final eval loss: {counts.get('final_eval_loss')}; "
-              f"first train loss: {counts.get('first_train_loss')}.",
+              f"{counts['tokens_seen']} real (non-padding) prompt and answer tokens seen.",
+              f"- Train loss {_num(counts.get('first_train_loss'))} (step 1) -> {_num(counts.get('final_train_loss'))} "
+              f"(last step); eval loss at the end: {_num(counts.get('final_eval_loss'))}.",
               f"- Memory before/after: `{json.dumps(memory)}`",
               f"- Trainable parameters: {meta.get('trainable_parameters')} of {meta.get('all_parameters', '?')}.",
               "", "## Limitations",

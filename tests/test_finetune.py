@@ -46,7 +46,7 @@ def test_qlora_run_writes_a_complete_stage(trained):
     assert "before" in m["memory"] and "peak_rss_gib" in m["memory"]["after"]
     assert m["format"]["template"] == "chat" and m["format"]["end_text"] == "<|end|>"
     card = run.path("finetune", "MODEL_CARD.md").read_text()
-    for needle in ("tiny-llama", "qlora", "4-bit NF4", "Final train loss", "## Limitations", "27 train / 3 eval"):
+    for needle in ("tiny-llama", "qlora", "4-bit NF4", "Train loss", "## Limitations", "27 train / 3 eval"):
         assert needle in card
     assert (run.path("finetune", "checkpoints") / "checkpoint-8").is_dir()
 
