@@ -151,8 +151,11 @@ class ProgressCallback(TrainerCallback):
         if self.text_every is None:
             self.text_every = max(1, state.max_steps // 10)
         if self.notebook:
-            import ipywidgets as w
-
+            try:
+                import ipywidgets as w
+            except ImportError:  # a kernel without the notebook extra: fall back to text lines
+                self.notebook = False
+                return
             show = self.display
             if show is None:
                 from IPython.display import display as show
