@@ -122,6 +122,8 @@ def test_notebooks_execute_in_order(tmp_path, monkeypatch):
     overrides = _overrides()
     timeout = int(os.environ.get("LAB_NOTEBOOK_TIMEOUT", "1800"))
     out_dir = Path(os.environ["LAB_NOTEBOOK_OUT"]) if os.environ.get("LAB_NOTEBOOK_OUT") else None
+    if out_dir is not None and out_dir.resolve() == NB_DIR.resolve():
+        pytest.fail("LAB_NOTEBOOK_OUT must not be notebooks/: the executed copies would replace the committed ones")
     run_dir = tmp_path / "run"
     monkeypatch.setenv("REFLECTION_LAB_PROFILE", profile)
     monkeypatch.setenv("REFLECTION_LAB_RUN", str(run_dir))
