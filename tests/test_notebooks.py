@@ -163,8 +163,8 @@ def test_notebooks_execute_in_order(tmp_path, monkeypatch):
     timings["total"] = round(time.perf_counter() - t_all, 1)
     print(f"[notebooks] total: {timings['total']:.1f} s (profile {profile}, overrides {overrides})", flush=True)
     if out_dir is not None:
-        (out_dir / "timings.json").write_text(json.dumps({"profile": profile, "overrides": overrides, "seconds": timings,
-                                                          "kernel_cpu_seconds": cpu_seconds}, indent=1))
+        summary = {"profile": profile, "overrides": overrides, "seconds": timings, "kernel_cpu_seconds": cpu_seconds}
+        (out_dir / "timings.json").write_text(json.dumps(summary, indent=1))
     assert {p: p.read_bytes() for p in chosen} == before, "executing must never write into the committed notebooks"
     for stage, info in STAGES.items():
         if any(p.name == info.notebook for p in chosen):
