@@ -130,6 +130,7 @@ class ReflectionViewer(_Base):
         self.state = StreamView(title or backend_name(backend))
         self.controls = _Controls(prompt, preset, max_new_tokens, presets)
         self.panes = _Panes(self.state)
+        self.panes.box.layout.flex = "0 1 auto"  # in a VBox, the HBox-friendly "1 1 0" collapses to zero height
         self.controls.generate.on_click(lambda _: self._launch(self.generate))
         self.controls.stop.on_click(lambda _: self.stop())
         self.ui = W.VBox([self.controls.box, self.panes.box])

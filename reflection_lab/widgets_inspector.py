@@ -344,6 +344,13 @@ class SampleInspector:
     def refresh(self) -> None:
         s = self.state
         n = len(s.matches)
+        current = s.current_id
+        if current and self.id_box.value != current:  # the id box follows prev/next as well as show()
+            self._syncing = True
+            try:
+                self.id_box.value = current
+            finally:
+                self._syncing = False
         self.position.value = f"&nbsp;{s.pos + 1 if n else 0} / {n}&nbsp;"
         self.body.value = s.render(None if self.compare.value == "auto" else self.compare.value,
                                    None if self.heatmap.value == "auto" else self.heatmap.value)

@@ -230,3 +230,19 @@ def test_run_select_config_roundtrip_through_widgets(scored):
     run_select(scored, SelectionConfig(ifd_max=0.65, top_k_percent=50.0))
     ins = SampleInspector(scored)
     assert ins.state.selection.config.ifd_max == 0.65 and ins.state.selection.config.top_k_percent == 50.0
+
+
+def test_inspector_id_box_follows_next_and_prev(tmp_path):
+    from scored_run import synthetic_rows, write_scored_run
+
+    from reflection_lab.runs import Run
+    from reflection_lab.widgets_inspector import SampleInspector
+
+    run = write_scored_run(Run(tmp_path / "run"), synthetic_rows(4))
+    insp = SampleInspector(run)
+    first = insp.state.current_id
+    assert insp.id_box.value == first
+    insp.next_button.click()
+    assert insp.state.current_id != first and insp.id_box.value == insp.state.current_id
+    insp.prev_button.click()
+    assert insp.id_box.value == first

@@ -109,10 +109,6 @@ def _clipped_panes(panes: Any) -> list[str]:
     }""")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="viewer.py: _Panes.box has Layout(flex='1 1 0'), right for CompareViewer's HBox, but in "
-                          "ReflectionViewer's VBox its height is 0 (overflow auto), so the panes are invisible; "
-                          "fix: self.panes.box.layout.flex = '0 1 auto' in ReflectionViewer, then drop this mark")
 def test_single_viewer_panes_are_visible(inference_page: Any) -> None:
     """What a person sees: the notebook's single viewer must show its status, thinking and output panes."""
     viewer = inference_page.locator(".rl-reflection-viewer").first
