@@ -23,6 +23,15 @@ def _common(sp: argparse.ArgumentParser) -> None:
                     help="override a profile field, e.g. --set n_samples=8 (repeatable)")
 
 
+def _evaluate_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--arms", help="comma-separated subset of base,original,reflected,selected,random (default all)")
+    sp.add_argument("--judge", help="pairwise judge, a teacher spec: openai | openai:<model> | local:<model>")
+    sp.add_argument("--judge-model", help="model name for the judge endpoint")
+    sp.add_argument("--n-eval", type=int, help="evaluate on a stratified subset of this many held-out prompts")
+    sp.add_argument("--eval-data", help="evaluate on another dataset (file, saved dataset folder or hub name)")
+    sp.add_argument("--seed", type=int, help="seed of the bootstrap and the random arm (default 0)")
+
+
 def _parse_value(v: str):
     try:
         return json.loads(v)
@@ -67,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--drop-refusals", action="store_true", default=None)
             sp.add_argument("--keep-unreflected-answers", action="store_true", default=None)
             sp.add_argument("--score-form", choices=["ppl", "loss"])
+        if stage == "evaluate":
+            _evaluate_flags(sp)
     rp = sub.add_parser("run", help="the whole pipeline")
     _common(rp)
     rp.add_argument("--stages", help="comma-separated subset, in order")
+    _evaluate_flags(rp)
     return ap
 
 
@@ -113,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = get_profile(args.profile, **{k: _parse_value(v) for k, v in overrides.items()})
     run = Run(args.run or Path("runs") / profile.name)
     opts = {"force": args.force}
-    for name in ("train", "eval", "strict", "teacher", "style", "concurrency", "base", "preset"):
+    for name in ("train", "eval", "strict", "teacher", "style", "concurrency", "base", "preset",
+                 "arms", "judge", "judge_model", "n_eval", "eval_data", "seed"):
         if getattr(args, name, None) is not None:
             opts[name] = getattr(args, name)
     sel = {k: getattr(args, k) for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
@@ -126,10 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "run":
             stages = args.stages.split(",") if args.stages else None
-            run_pipeline(run, profile, stages=stages, **opts)
+            results = run_pipeline(run, profile, stages=stages, **opts)
         else:
-            m = run_stage(args.cmd, run, profile, **opts)
+            results = {args.cmd: run_stage(args.cmd, run, profile, **opts)}
+            m = results[args.cmd]
             print(json.dumps({"stage": args.cmd, "status": m.get("status"), "counts": m.get("counts")}, indent=1))
+        if "evaluate" in results:
+            from .evaluate import format_table, load_metrics
+
+            print(format_table(load_metrics(run)))
     except MissingStageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -66,6 +66,12 @@ def _infer(run: Run, p: Profile, opts: dict) -> dict:
                      device=p.device, dtype=p.dtype, force=bool(opts.get("force")))
 
 
+def _evaluate(run: Run, p: Profile, opts: dict) -> dict:
+    from .evaluate import stage_runner
+
+    return stage_runner(run, p, opts)
+
+
 STAGE_RUNNERS: dict[str, StageRunner] = {
     "data": _data,
     "reflect": _reflect,
@@ -73,6 +79,7 @@ STAGE_RUNNERS: dict[str, StageRunner] = {
     "select": _select,
     "finetune": _finetune,
     "infer": _infer,
+    "evaluate": _evaluate,
 }
 
 

@@ -197,3 +197,19 @@ def test_pipeline_adapter_reads_cli_style_options(parent, tmp_path):
     m = stage_runner(run, PROFILE, {"arms": "base", "n_eval": 2, "seed": 3, "quiet": True})
     assert m["status"] == "complete" and m["config"]["arms"] == ["base"] and m["config"]["seed"] == 3
     assert m["counts"]["prompts"] == 2
+
+
+def test_cli_evaluate_subcommand_prints_the_table(parent, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = _copy(parent, tmp_path / "r")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "reflection_lab", "evaluate", "--profile", "ci", "--run", str(run.root),
+           "--set", "max_steps=2", "--set", "max_new_tokens=12", "--arms", "base", "--n-eval", "2", "--seed", "4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "exact match" in res.stdout and "\nbase " in res.stdout and "seed 4" in res.stdout
+    m = Run(run.root).manifest("evaluate")
+    assert m["config"]["arms"] == ["base"] and m["counts"]["prompts"] == 2

@@ -1,8 +1,10 @@
 """Fixtures for the browser tests (marker `browser`): a prepared run, JupyterLab, headless Chromium.
 
-Why session-scoped: preparing the run (SmolLM2 scoring and a short QLoRA) and starting JupyterLab and
-Chromium cost most of the suite's time, so they happen once; each notebook is opened and run once per
-module. Every process started here is stopped by a finalizer, also when a check fails.
+Why package-scoped: preparing the run (SmolLM2 scoring and a short QLoRA) and starting JupyterLab and
+Chromium cost most of the suite's time, so they happen once for this package and stop right after its
+last test (a Playwright left running keeps an asyncio loop marked as running, which breaks later tests
+that call asyncio.run). Each notebook is opened and run once per module. Every process started here is
+stopped by a finalizer, also when a check fails.
 
 Environment:
   LAB_REQUIRE_BROWSER=1         a missing Chromium (or Playwright) is a failure, not a skip (CI sets it)
@@ -21,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from browser_lab import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, LabServer, lab_env, notebook_test_overrides,
+from .browser_lab import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, LabServer, lab_env, notebook_test_overrides,
                          open_notebook, prepare_run, run_all_cells, screenshot, start_lab)
 
 
@@ -29,7 +31,7 @@ def _required() -> bool:
     return os.environ.get("LAB_REQUIRE_BROWSER", "").strip().lower() not in ("", "0", "false", "no")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def chromium_path() -> str:
     """Skip the whole suite without a browser, unless LAB_REQUIRE_BROWSER says CI must have one."""
     path = os.environ.get("LAB_CHROMIUM", CHROMIUM)
@@ -48,7 +50,7 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def artifacts(chromium_path: str) -> Path:
     """ci-artifacts/browser/, emptied of the last run's screenshots and logs so none is mistaken for new."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -57,12 +59,12 @@ def artifacts(chromium_path: str) -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def overrides() -> dict[str, Any]:
     return notebook_test_overrides()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prepared_run(artifacts: Path, overrides: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory made by the CLI up to finetune, with the notebook tests' profile and overrides."""
     env_dir = os.environ.get("LAB_BROWSER_RUN")
@@ -73,7 +75,7 @@ def prepared_run(artifacts: Path, overrides: dict[str, Any], tmp_path_factory: p
     return run_dir
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lab_server(prepared_run: Path, overrides: dict[str, Any], artifacts: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     """JupyterLab serving a copy of notebooks/ (the committed files are never opened), stopped at the end."""
@@ -93,7 +95,7 @@ def lab_server(prepared_run: Path, overrides: dict[str, Any], artifacts: Path,
             print(f"\n[browser] JupyterLab and its kernels used {cpu:.1f} CPU s", flush=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[Any]:
     """Headless Chromium through Playwright (Playwright gives it a fresh profile folder)."""
     from playwright.sync_api import sync_playwright

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from browser_lab import figure_signature, screenshot, svg_texts, wait_until
+from .browser_lab import figure_signature, screenshot, svg_texts, wait_until
 
 pytestmark = pytest.mark.browser
 TIMEOUT_S = 60  # one re-decision and redraw of 8 samples; generous for a loaded 2-core machine

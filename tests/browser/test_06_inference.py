@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from browser_lab import screenshot, svg_texts, wait_until
+from .browser_lab import screenshot, svg_texts, wait_until
 
 pytestmark = pytest.mark.browser
 
