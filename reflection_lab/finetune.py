@@ -39,7 +39,7 @@ from .finetune_artifacts import (META_FILE, _memory, _save_result, adapter_dir, 
                                  read_train_log, training_format, write_model_card)
 from .runs import Run, read_jsonl, write_json_atomic
 from .training_data import (REFLECTION_TAGS, EncodeReport, ExampleDataset, LengthGroupedSampler, PadToLongest,
-                            TrainingFormat, add_reflection_tokens, build_format, encode_rows, split_train_eval)
+                            add_reflection_tokens, build_format, encode_rows, split_train_eval)
 
 __all__ = ["META_FILE", "METHODS", "REFLECTION_TAGS", "FinetuneConfig", "FinetuneDataError", "FinetuneError",
            "FinetuneOOMError", "adapter_dir", "build_model", "keep_4bit_weights_trainable", "load_finetuned", "main",

@@ -169,7 +169,7 @@ class InspectorState:
         i = self.current
         if i is None:
             return f"<p>{html.escape(self.message or 'No samples.')}</p>"
-        t, sel = self.table, self.selection
+        sel = self.selection
         d = sel.decision(i)
         compare = compare if compare in VARIANTS else self.default_compare(i)
         heatmap = heatmap if heatmap in VARIANTS else d.chosen_variant

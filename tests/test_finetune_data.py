@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reflection_lab.training_data import (FALLBACK_TEMPLATE, REFLECTION_TAGS, LengthGroupedSampler, PadToLongest,
+from reflection_lab.training_data import (FALLBACK_TEMPLATE, LengthGroupedSampler, PadToLongest,
                                           add_reflection_tokens, build_format, decode_keep_tags, encode_example,
                                           encode_rows, split_train_eval, tags_are_single_tokens)
 

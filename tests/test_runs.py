@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from reflection_lab.runs import Journal, MissingStageError, Run
+from reflection_lab.runs import Journal, MissingStageError
 
 
 def test_require_names_the_notebook_and_command(run):
