@@ -6,7 +6,7 @@ tests write those directly: fast, and independent of the scoring and selection c
 Also a tiny command line: the kill -9 test's slow training process, and the SmolLM2 end-to-end check
 (QLoRA on the workshop's Reflection-format answers, then the share of well-formed eval answers):
     python tests/finetune_helpers.py --run DIR --sleep 0.3 --cfg max_steps=12 ...
-    python tests/finetune_helpers.py smollm2-e2e --run /tmp/e2e --steps 60 --lr 1e-3 --threads 1
+    python tests/finetune_helpers.py smollm2-e2e --run DIR --steps 60 --lr 1e-3 --threads 1
 """
 
 from __future__ import annotations

@@ -47,8 +47,7 @@ def test_notebooks_exist_in_stage_order():
     names = [p.name for p in NOTEBOOKS]
     assert names[0] == "00_setup.ipynb"
     for stage, info in STAGES.items():
-        if stage != "evaluate":  # 07 is written separately
-            assert info.notebook in names, f"runs.STAGES names {info.notebook} for stage {stage!r}, but it is missing"
+        assert info.notebook in names, f"runs.STAGES names {info.notebook} for stage {stage!r}, but it is missing"
     assert len({n[:2] for n in names}) == len(names), "two notebooks share a number"
 
 
@@ -87,7 +86,8 @@ def test_notebook_follows_the_lab_layout(path):
 
 
 STAGE_WRITERS = {"01_data": "run_data(", "02_reflect": "run_reflect(", "03_score": "run_score(",
-                 "04_select": "run_select(", "05_finetune": "run_finetune(", "06_inference": "run_infer("}
+                 "04_select": "run_select(", "05_finetune": "run_finetune(", "06_inference": "run_infer(",
+                 "07_evaluate": "run_evaluate("}
 
 
 @pytest.mark.parametrize("stem, call", STAGE_WRITERS.items())
