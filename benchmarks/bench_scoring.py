@@ -97,37 +97,37 @@ def workload(tok, n: int, max_length: int) -> tuple[list[Item], int]:
     return items, len(rows[:n])
 
 
-def bench(model_name: str, n: int, max_length: int, batch_tokens: int, device: str) -> dict:
+def bench(model_name: str, n: int, max_length: int, batch_tokens: int, device: str,
+          modes: list[str]) -> dict:
     tok = load_tokenizer(model_name)
     model = load_model(model_name)
     if device == "cuda":
         model.to("cuda")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     items, n_samples = workload(tok, n, max_length)
     ref_items = items  # the reference scores every pass, shared or not
     uniq = {it.key: it for it in items}
     tokens = sum(len(it) for it in ref_items)
     # warm-up (first calls allocate and pick kernels)
     reference_loop(model, ref_items[:2])
-    LossEngine(model, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0).score(ref_items[:8])
+    for mode in modes:
+        LossEngine(model, pad_id=pad, padding_side=mode).score(ref_items[:8])
 
     reset_peak()
     t0 = time.perf_counter()
     ref = reference_loop(model, ref_items)
     t_ref = time.perf_counter() - t0
-    mem_ref = peak_mib()
-
-    reset_peak()
-    t0 = time.perf_counter()
-    engine = LossEngine(model, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-                        batch_tokens=batch_tokens)
-    got = engine.score(ref_items)
-    t_eng = time.perf_counter() - t0
-    mem_eng = peak_mib()
-    max_diff = max(abs(ref[k] - got[k].mean) for k in ref)
-    return {"model": model_name, "samples": n_samples, "passes": len(ref_items), "unique_passes": len(uniq),
-            "tokens": tokens, "ref_tok_s": tokens / t_ref, "engine_tok_s": tokens / t_eng,
-            "ratio": t_ref / t_eng, "ref_peak_mib": mem_ref, "engine_peak_mib": mem_eng,
-            "max_abs_diff": max_diff, "ref_s": t_ref, "engine_s": t_eng}
+    out = {"model": model_name, "samples": n_samples, "passes": len(ref_items), "unique_passes": len(uniq),
+           "tokens": tokens, "ref_tok_s": tokens / t_ref, "ref_peak_mib": peak_mib(), "ref_s": t_ref, "engine": {}}
+    for mode in modes:
+        reset_peak()
+        t0 = time.perf_counter()
+        engine = LossEngine(model, pad_id=pad, batch_tokens=batch_tokens, padding_side=mode)
+        got = engine.score(ref_items)
+        t_eng = time.perf_counter() - t0
+        out["engine"][mode] = {"tok_s": tokens / t_eng, "ratio": t_ref / t_eng, "peak_mib": peak_mib(), "s": t_eng,
+                               "max_abs_diff": max(abs(ref[k] - got[k].mean) for k in ref)}
+    return out
 
 
 def main() -> None:
@@ -136,18 +136,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=0, help="samples per model (default: 100 tiny, 16 SmolLM2)")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--modes", default="right,packed",
+                    help="engine layouts to time: right (padded batches, the GPU default), packed (the CPU default), "
+                         "left")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {device} ({torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'}), "
           f"torch threads: {torch.get_num_threads()}")
     for name in args.models.split(","):
         n = args.n or (100 if name.startswith("tiny") else 16)
-        r = bench(name, n, args.max_length, args.batch_tokens, device)
+        r = bench(name, n, args.max_length, args.batch_tokens, device, args.modes.split(","))
         print(f"{r['model']}: {r['samples']} samples, {r['passes']} passes ({r['unique_passes']} unique), "
               f"{r['tokens']} tokens")
-        print(f"  reference-style loop: {r['ref_tok_s']:9.0f} tokens/s  ({r['ref_s']:.1f} s, peak {r['ref_peak_mib']:.0f} MiB)")
-        print(f"  lab engine:           {r['engine_tok_s']:9.0f} tokens/s  ({r['engine_s']:.1f} s, peak {r['engine_peak_mib']:.0f} MiB)")
-        print(f"  speed-up: {r['ratio']:.2f}x   max |score difference|: {r['max_abs_diff']:.2e}")
+        print(f"  reference-style loop:   {r['ref_tok_s']:9.0f} tokens/s  ({r['ref_s']:.1f} s, "
+              f"peak {r['ref_peak_mib']:.0f} MiB)")
+        for mode, e in r["engine"].items():
+            print(f"  lab engine ({mode:6s}):    {e['tok_s']:9.0f} tokens/s  ({e['s']:.1f} s, peak {e['peak_mib']:.0f} MiB)"
+                  f"  speed-up {e['ratio']:.2f}x  max |score difference| {e['max_abs_diff']:.2e}")
 
 
 if __name__ == "__main__":

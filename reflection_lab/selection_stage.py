@@ -6,6 +6,7 @@ thousands of times; this module is the part that touches the run directory.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -13,7 +14,8 @@ from typing import Any
 
 from .runs import Run, read_jsonl, write_json_atomic, write_jsonl_atomic
 
-OUTPUTS = ["selected.jsonl", "selected_dataset", "decisions.jsonl", "outcomes.json"]
+OUTPUTS = ["selected.jsonl", "selected_dataset", "decisions.jsonl", "outcomes.json", "figures.html"]
+SCATTER_POINTS = 20_000  # above this the scatter and length plots are thinned evenly (browsers choke on more)
 
 
 def _features() -> Any:
@@ -39,8 +41,33 @@ def _save_dataset(rows: list[dict], folder: Any) -> None:
     os.replace(tmp, folder)
 
 
+def write_figures(selection: Any, path: Any) -> Any:
+    """figures.html: the stage's figures for a CLI user who never opens notebook 04.
+
+    Why plotly.js from the CDN: the page stays ~100 kB per run; offline, notebook 04 draws the same
+    figures from the run (its plotly.js ships with the Python package).
+    """
+    from . import viz
+
+    figs = [viz.ifd_histogram(selection), viz.rifd_histogram(selection),
+            viz.score_scatter(selection, max_points=SCATTER_POINTS), viz.selection_sankey(selection),
+            viz.length_vs_ifd(selection, max_points=SCATTER_POINTS)]
+    divs = "\n".join(f.to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False,  # the matching version
+                               config={"displaylogo": False}) for i, f in enumerate(figs))
+    cfg = selection.config
+    head = (f"IFD max {cfg.ifd_max}, r-IFD max {cfg.rifd_max}, top-k {cfg.top_k_percent}%, "
+            f"score form {cfg.score_form}")
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>reflection-lab: selection</title>"
+            "</head><body>"
+            f"<h1>Stage 04: the student's selection</h1><p>{html.escape(head)}</p>{divs}</body></html>")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def run_select(run: Run, config: Any = None, *, force: bool = False) -> dict:
-    """Stage 04: write selected.jsonl, selected_dataset/, decisions.jsonl and outcomes.json.
+    """Stage 04: write selected.jsonl, selected_dataset/, decisions.jsonl, outcomes.json and figures.html.
 
     Reuses the existing output when the config and 03_score's outputs are unchanged (force=True
     redoes it). Returns the stage manifest; its counts hold total, kept, dropped and every outcome.
@@ -60,6 +87,7 @@ def run_select(run: Run, config: Any = None, *, force: bool = False) -> dict:
     write_jsonl_atomic(run.path("select", "decisions.jsonl"), [d.as_dict() for d in selection.decisions()])
     summary = selection.summary()
     write_json_atomic(run.path("select", "outcomes.json"), summary)
+    write_figures(selection, run.path("select", "figures.html"))
     counts = {k: v for k, v in summary.items() if isinstance(v, int) and (v or ":" not in k)}
     return run.complete("select", cfg, OUTPUTS, counts=counts,
                         extra={"passed_thresholds": summary["passed_thresholds"],

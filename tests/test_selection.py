@@ -302,15 +302,13 @@ def test_config_validation_and_record():
     assert cfg.replace(ifd_max=0.9).ifd_max == 0.9 and cfg.ifd_max == 1.0
 
 
-def test_threshold_update_is_fast_on_50k():
-    import time
-
+def test_threshold_updates_on_50k_stay_consistent():
+    """Speed is benchmarks/bench_selection.py's job; here: a looser threshold never keeps fewer pairs."""
     t = SelectionTable(synthetic_rows(50_000, seed=3))
-    t.evaluate()
-    start = time.perf_counter()
-    for k in range(5):
-        t.evaluate(SelectionConfig(ifd_max=0.9 + k / 100, top_k_percent=50))
-    assert (time.perf_counter() - start) / 5 < 0.1
+    kept = [t.evaluate(SelectionConfig(ifd_max=0.9 + k / 100)).n_kept for k in range(5)]
+    assert kept == sorted(kept) and kept[0] < kept[-1]
+    half = t.evaluate(SelectionConfig(ifd_max=0.94, top_k_percent=50))
+    assert half.n_kept <= kept[4] and half.n_kept >= kept[4] // 2 - 1
 
 
 # ----------------------------------------------------------------- the stage
@@ -352,7 +350,9 @@ def test_run_select_writes_every_artifact(run):
     assert outcomes["dropped:ifd_too_high"] == 1 and outcomes["total"] == 5
     assert m["status"] == "complete" and m["counts"]["kept"] == 2 and m["counts"]["dropped:missing_score"] == 1
     assert m["config"]["ifd_max"] == 1.0 and set(m["outputs"]) == {"selected.jsonl", "selected_dataset",
-                                                                   "decisions.jsonl", "outcomes.json"}
+                                                                   "decisions.jsonl", "outcomes.json", "figures.html"}
+    page = (d / "figures.html").read_text()
+    assert page.count('class="plotly-graph-div"') == 5 and "IFD max 1.0" in page and "cdn.plot.ly" in page
     run.require("select")
 
 

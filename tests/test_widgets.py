@@ -96,15 +96,13 @@ def test_explorer_on_a_table_cannot_write():
     assert ex.write_button.disabled and ex.write() is None and "No run" in ex.status.value
 
 
-def test_explorer_on_50k_updates_quickly():
-    import time
-
+def test_explorer_on_50k_follows_the_slider():
+    """The 200 ms target is measured by benchmarks/bench_selection.py, not here (CI machines vary)."""
     ex = ThresholdExplorer(SelectionTable(synthetic_rows(50_000, seed=1)))
-    start = time.perf_counter()
     for v in (0.9, 0.8, 0.95):
         ex.ifd_slider.value = v
-    assert (time.perf_counter() - start) / 3 < 0.5  # the benchmark holds the 200 ms target; CI machines vary
-    assert ex.state.selection.n_kept == ex.state.table.evaluate(ex.state.config).n_kept
+        assert ex.state.config.ifd_max == v
+        assert ex.state.selection.n_kept == ex.state.table.evaluate(ex.state.config).n_kept
 
 
 def test_display_figures_outside_a_kernel_is_a_no_op():
