@@ -259,3 +259,28 @@ def test_fault_plan_and_reasoning_split_units():
     assert split_reasoning("<thinking>\nr\n</thinking>\n<output>o</output>") == ("r", "<output>o</output>")
     assert split_reasoning("plain") == (None, "plain")
     assert split_reasoning("<thinking>cut off") == ("cut off", "")
+
+
+def test_cli_reflect_against_the_local_server(server, admin, tmp_path):
+    """`reflection-lab data` then `reflect --teacher openai:replay`, settings from the environment only."""
+    secret = "sk-test-CLISECRET9"
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(json.dumps(s) + "\n" for s in SAMPLES[:4]))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "REFLECTION_LAB_TEACHER_BASE_URL": server + "/v1",
+           "REFLECTION_LAB_TEACHER_API_KEY": secret, "REFLECTION_LAB_TEACHER_SEND_META": "1"}
+    cli = [sys.executable, "-m", "reflection_lab"]
+    common = ["--profile", "ci", "--run", str(run_dir)]
+    data = subprocess.run(cli + ["data", *common, "--train", str(src)], capture_output=True, text=True, env=env)
+    assert data.returncode == 0, data.stderr[-2000:]
+    before = _stats(server)["total"]
+    res = subprocess.run(cli + ["reflect", *common, "--teacher", "openai:replay", "--concurrency", "4"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = json.loads(res.stdout[:res.stdout.rindex("}") + 1])["counts"]
+    assert counts["samples"] == 4 and counts["errors"] == 0 and counts["replies"] == counts["requests"] >= 8
+    assert _stats(server)["total"] - before == counts["requests"]
+    assert Run(run_dir).manifest("reflect")["status"] == "complete"
+    for p in run_dir.rglob("*"):
+        if p.is_file():
+            assert b"CLISECRET9" not in p.read_bytes(), p

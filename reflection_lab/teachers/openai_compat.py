@@ -63,14 +63,15 @@ class OpenAITeacher:
 
     Settings come from arguments, else REFLECTION_LAB_TEACHER_BASE_URL / _MODEL / _API_KEY, else
     OPENAI_BASE_URL / OPENAI_MODEL / OPENAI_API_KEY. send_meta=True sends the sample id and task as
-    request `metadata` (the lab's server uses it to serve replay data; leave it off for public APIs).
+    request `metadata` (the lab's server uses it to serve replay data; leave it off for public APIs);
+    left unset it follows REFLECTION_LAB_TEACHER_SEND_META=1, so the CLI can reach the replay backend.
     """
 
     name = "openai"
 
     def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
                  timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 concurrency: int = 8, send_meta: bool = False, max_tokens_param: str = "max_tokens",
+                 concurrency: int = 8, send_meta: bool | None = None, max_tokens_param: str = "max_tokens",
                  extra_body: dict | None = None):
         self.model = model or _env("MODEL", "OPENAI_MODEL") or ""
         if not self.model:
@@ -85,6 +86,8 @@ class OpenAITeacher:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.concurrency = int(concurrency)
+        if send_meta is None:
+            send_meta = (_env("SEND_META") or "").strip().lower() in ("1", "true", "yes")
         self.send_meta = send_meta
         self.max_tokens_param = max_tokens_param
         self.extra_body = dict(extra_body or {})
