@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -85,8 +86,46 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _option_for(parser: argparse.ArgumentParser, cmd: str, dest: str) -> str | None:
+    """The flag of subcommand `cmd` that sets `dest` (e.g. top_k_percent -> --top-k), if there is one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and cmd in action.choices:
+            for sub_action in action.choices[cmd]._actions:
+                if sub_action.dest == dest and sub_action.option_strings:
+                    return sub_action.option_strings[0]
+    return None
+
+
+def _value_error_hint(message: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """Name the option or profile field a ValueError's message points at, so the user knows what to change.
+
+    Stage configs name the offending field in their messages ("top_k_percent must be in [0, 100] ...");
+    the same field may have come from --set, from a flag of the subcommand, or from the profile itself.
+    """
+    from dataclasses import fields
+
+    from .profiles import Profile
+    from .selection import SelectionConfig
+
+    profile_fields = {f.name for f in fields(Profile)}
+    known = profile_fields | {f.name for f in fields(SelectionConfig)}
+    given = dict(kv.split("=", 1) for kv in args.set)
+    for word in dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message)):
+        if word not in known:
+            continue
+        if word in given:
+            return f"check --set {word}={given[word]}"
+        flag = _option_for(parser, args.cmd, word)
+        if flag and getattr(args, word, None) is not None:
+            return f"check {flag} (given: {getattr(args, word)})"
+        if word in profile_fields:
+            return f"check the field {word!r} of profile {args.profile!r} (override it with --set {word}=...)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.cmd == "info":
         from .devices import environment_report, pick_device
         from .models import MODEL_MENU
@@ -136,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         opts["selection"] = sel
     if getattr(args, "column_map", None):
         opts["column_map"] = _column_map(args.column_map)
+    from .finetune import FinetuneError  # cheap (no torch); imported here so `info` and `serve` never load it
+
     try:
         if args.cmd == "run":
             stages = args.stages.split(",") if args.stages else None
@@ -150,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(load_metrics(run)))
     except MissingStageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FinetuneError, ValueError) as exc:
+        # Bad settings and training failures have messages that say what to change; a traceback only hides them.
+        print(f"error: {exc}", file=sys.stderr)
+        hint = _value_error_hint(str(exc), args, parser) if isinstance(exc, ValueError) else None
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
         return 2
     print(f"run directory: {run.root}")
     return 0

@@ -15,13 +15,19 @@ QUICK = {
     "bench_scoring.py": ["--models", "tiny-llama", "--n", "6"],
     "bench_selection.py": ["--n", "2000", "--repeats", "2"],
     "bench_reflect.py": ["--n", "8", "--latency-s", "0.05", "--concurrency", "1,4"],
+    # 2 optimizer steps per arm still load the 4-bit model, build both trainers and time them (~12 s here).
+    "bench_train.py": ["--steps", "2", "--batch-size", "2", "--max-length", "256"],
     "gpu/bench_scoring_gpu.py": ["--dry-run"],
+    "gpu/bench_train_gpu.py": ["--dry-run"],  # tiny Llama on the CPU, both arms (~8 s here with one thread)
 }
+# The GPU script's dry run leaves torch at its default threads; on a busy 2-core machine two spinning OpenMP
+# threads took it from 8 s to 66 s, so its smoke run gets one thread (the figures are not read here anyway).
+EXTRA_ENV = {"gpu/bench_train_gpu.py": {"OMP_NUM_THREADS": "1"}}
 
 
 @pytest.mark.parametrize("script", sorted(QUICK))
 def test_benchmark_script_runs(script):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **EXTRA_ENV.get(script, {}))
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *QUICK[script]], capture_output=True,
                          text=True, timeout=600, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -78,3 +78,27 @@ def test_cli_info_and_missing_stage_message(tmp_path):
                          text=True, cwd=ROOT)
     assert res.returncode == 2
     assert "Stage 'reflect' has not been run" in res.stderr and "02_reflect.ipynb" in res.stderr
+
+
+def test_cli_bad_setting_is_an_error_line_not_a_traceback(tmp_path):
+    """A value the stage rejects (before any model loads) exits 2 with `error:` and names the option to fix."""
+    res = subprocess.run([sys.executable, "-m", "reflection_lab", "select", "--run", str(tmp_path / "r"), "--profile",
+                          "ci", "--set", "top_k_percent=300"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "error: top_k_percent must be in [0, 100]" in res.stderr
+    assert "hint: check --set top_k_percent=300" in res.stderr
+
+
+def test_cli_finetune_error_is_an_error_line(tmp_path, monkeypatch, capsys):
+    """FinetuneError subclasses (no data, out of memory) carry advice; the CLI prints it instead of a traceback."""
+    from reflection_lab import cli, pipeline
+    from reflection_lab.finetune import FinetuneDataError
+
+    def refuse(stage, run, profile, **opts):
+        raise FinetuneDataError("0 selected pairs to train on; loosen the selection thresholds")
+
+    monkeypatch.setattr(pipeline, "run_stage", refuse)
+    assert cli.main(["finetune", "--run", str(tmp_path / "r"), "--profile", "ci"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 0 selected pairs to train on") and "hint:" not in err

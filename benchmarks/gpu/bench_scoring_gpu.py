@@ -3,7 +3,8 @@
 
 Nothing is downloaded: the model has random weights (shapes decide speed, values do not) and
 the samples are random token ids with realistic prompt and answer lengths. Every shape the timed
-passes use is run once before timing (first passes over new shapes were several times slower).
+passes use is run once before timing (first passes over new shapes were several times slower): the
+engine's whole pass, and every item of the reference loop (batch 1, so each item is its own shape).
 
 Prints tokens/s of both, the speed-up, peak memory, and the engine's fraction of the card's
 dense bf16 peak (2 x parameters FLOPs per token; attention FLOPs are not counted, so the figure
@@ -11,6 +12,17 @@ slightly understates the work done). Finishes in a few minutes on one H100.
 
     python benchmarks/gpu/bench_scoring_gpu.py             # on a GPU
     python benchmarks/gpu/bench_scoring_gpu.py --dry-run   # tiny config on the CPU, checks the script
+
+bitsandbytes: the GPU machine's image lacks it. This script scores in bf16 and fp32 and never imports it
+(a --dry-run leaves it unloaded), so it runs on the bare image; the 4-bit paths (bench_train_gpu.py,
+quant4_scoring) need it. The machine cannot reach a package index, so bring the wheel with you:
+
+    pip download bitsandbytes==0.50.2 --no-deps -d .whl    # on the workstation: one 43 MB wheel in .whl/
+    # carry .whl to the GPU machine (.whl/ is git-ignored, so a copy of the work tree leaves it out unless named)
+    pip install .whl/*.whl                                 # on the GPU machine, before running
+
+0.50.2 is the pin in constraints.txt; the wheel (py3-none-manylinux_2_24_x86_64) bundles the CUDA 11.8-13.2
+kernels, and --no-deps keeps pip away from the machine's own torch.
 """
 
 from __future__ import annotations
@@ -125,7 +137,9 @@ def main() -> None:
     if cuda:
         torch.cuda.empty_cache()
     ref_model = build_model(args.dry_run, torch.float32, device)  # the public code loads fp32 weights
-    reference(ref_model, ref_items[:8])  # warm-up
+    # Warm-up over every item, not a few: at batch 1 each item is a (1, length) shape of its own, and the
+    # engine's timed pass was warmed over all of its shapes too, so neither side pays first-shape costs.
+    reference(ref_model, ref_items)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

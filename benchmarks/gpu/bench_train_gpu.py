@@ -14,6 +14,17 @@ allocator), then the timed run covers whole passes over the data, so both arms t
 
 Run on a GPU (under 5 minutes on one H100):   python benchmarks/gpu/bench_train_gpu.py
 Check the script on a CPU with a tiny config:  python benchmarks/gpu/bench_train_gpu.py --dry-run
+
+bitsandbytes on the GPU machine: its image lacks bitsandbytes, which this benchmark imports (4-bit NF4), and
+the machine cannot reach a package index. Bring the wheel with you:
+
+    pip download bitsandbytes==0.50.2 --no-deps -d .whl    # on the workstation: one 43 MB wheel in .whl/
+    # carry .whl to the GPU machine (.whl/ is git-ignored, so a copy of the work tree leaves it out unless named)
+    pip install .whl/*.whl                                 # on the GPU machine, before running the script
+
+0.50.2 is the pin in constraints.txt. The wheel is tagged py3-none-manylinux_2_24_x86_64 and bundles the CUDA
+11.8-13.2 kernels, so the one file fits the GPU machine's Python and CUDA; --no-deps keeps pip away from the
+machine's own torch.
 """
 
 from __future__ import annotations
