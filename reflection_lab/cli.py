@@ -160,8 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import run_pipeline, run_stage
     from .profiles import get_profile
 
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        print(f"error: --set needs FIELD=VALUE, got {bad[0]!r} (e.g. --set n_samples=8)", file=sys.stderr)
+        return 2
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    profile = get_profile(args.profile, **{k: _parse_value(v) for k, v in overrides.items()})
+    try:
+        profile = get_profile(args.profile, **{k: _parse_value(v) for k, v in overrides.items()})
+    except (KeyError, TypeError, ValueError) as exc:  # unknown profile or field, or a bad value
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
     run = Run(args.run or Path("runs") / profile.name)
     opts = {"force": args.force}
     for name in ("train", "eval", "strict", "teacher", "style", "concurrency", "base", "preset",

@@ -6,6 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -102,3 +104,16 @@ def test_cli_finetune_error_is_an_error_line(tmp_path, monkeypatch, capsys):
     assert cli.main(["finetune", "--run", str(tmp_path / "r"), "--profile", "ci"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: 0 selected pairs to train on") and "hint:" not in err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--set", "n_samples"], "--set needs FIELD=VALUE"),
+    (["--set", "bogus=1"], "unknown profile field(s) ['bogus']"),
+])
+def test_cli_bad_profile_or_field_is_an_error_line(tmp_path, capsys, args, says):
+    from reflection_lab import cli
+
+    assert cli.main(["select", "--run", str(tmp_path / "r"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err
