@@ -437,8 +437,8 @@ def format_table(metrics: dict) -> str:
 
 
 def stage_runner(run: Run, profile: Any, opts: dict) -> dict:
-    """Adapter for pipeline.STAGE_RUNNERS["evaluate"]: opts may hold arms, judge (a teacher spec or
-    object), judge_model, n_eval, eval_data (a dataset spec: file, saved dataset folder or hub name), seed,
+    """Adapter for pipeline.STAGE_RUNNERS["evaluate"]: opts may hold arms (else the profile's eval_arms),
+    judge (a teacher spec or object), judge_model, n_eval, eval_data (a dataset spec: file, saved dataset folder or hub name), seed,
     force, quiet."""
     judge = opts.get("judge")
     if isinstance(judge, str):
@@ -446,7 +446,7 @@ def stage_runner(run: Run, profile: Any, opts: dict) -> dict:
 
         kw = {"model": opts["judge_model"]} if opts.get("judge_model") else {}
         judge = make_teacher(judge, **kw)
-    arms = opts.get("arms") or ARMS
+    arms = opts.get("arms") or getattr(profile, "eval_arms", None) or ARMS
     if isinstance(arms, str):
         arms = tuple(a.strip() for a in arms.split(",") if a.strip())
     return run_evaluate(run, profile=profile, arms=arms, judge=judge, n_eval=opts.get("n_eval"),

@@ -42,6 +42,9 @@ class Profile:
     tags_as_special_tokens: bool = False
     # inference / evaluation
     max_new_tokens: int = 256
+    # arms the `evaluate` stage runs from the CLI and `reflection-lab run` (notebook 07 runs all five):
+    # each arm other than base and selected trains one more QLoRA student
+    eval_arms: str = "base,original,reflected,selected,random"
     dtype: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -64,7 +67,7 @@ PROFILES: dict[str, Profile] = {
     "offline": Profile(
         name="offline", description="SmolLM2-135M-Instruct from PyPI on the CPU, replay teacher, a workshop subset.",
         student="smollm2-135m", n_samples=16, n_eval=8, max_length=768, max_steps=24, batch_size=4,
-        learning_rate=3e-4, max_new_tokens=160,
+        learning_rate=1e-3, max_new_tokens=160, eval_arms="base,selected",
         time_note="about 10 minutes on 2 CPU cores (first run adds ~30 s to convert SmolLM2)",
         memory_note="about 3 GiB RAM",
     ),

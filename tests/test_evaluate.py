@@ -213,3 +213,13 @@ def test_cli_evaluate_subcommand_prints_the_table(parent, tmp_path):
     assert "exact match" in res.stdout and "\nbase " in res.stdout and "seed 4" in res.stdout
     m = Run(run.root).manifest("evaluate")
     assert m["config"]["arms"] == ["base"] and m["counts"]["prompts"] == 2
+
+
+def test_pipeline_adapter_takes_the_profiles_arms(parent, tmp_path):
+    from reflection_lab.evaluate import stage_runner
+
+    run = _copy(parent, tmp_path / "r")
+    m = stage_runner(run, get_profile("ci", max_steps=2, max_new_tokens=12, eval_arms="base"),
+                     {"n_eval": 2, "quiet": True})
+    assert m["config"]["arms"] == ["base"]
+    assert get_profile("offline").eval_arms == "base,selected"  # the demo trains no extra arm
