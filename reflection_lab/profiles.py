@@ -69,7 +69,7 @@ PROFILES: dict[str, Profile] = {
         student="smollm2-135m", n_samples=16, n_eval=8, max_length=768, max_steps=24, batch_size=4,
         learning_rate=1e-3, max_new_tokens=160, eval_arms="base,selected",
         time_note="about 10 minutes on 2 CPU cores (first run adds ~30 s to convert SmolLM2)",
-        memory_note="about 3 GiB RAM",
+        memory_note="3.5 GiB peak RAM for the whole pipeline (measured)",
     ),
     "offline-full": Profile(
         name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",
