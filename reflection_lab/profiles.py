@@ -68,7 +68,8 @@ PROFILES: dict[str, Profile] = {
         name="offline", description="SmolLM2-135M-Instruct from PyPI on the CPU, replay teacher, a workshop subset.",
         student="smollm2-135m", n_samples=16, n_eval=8, max_length=768, max_steps=24, batch_size=4,
         learning_rate=1e-3, max_new_tokens=160, eval_arms="base,selected",
-        time_note="about 10 minutes on 2 CPU cores (first run adds ~30 s to convert SmolLM2)",
+        time_note="5.2 min for the whole pipeline on an idle 2-core CPU (measured; "
+                  "the first run adds ~25 s to fetch and convert SmolLM2)",
         memory_note="3.5 GiB peak RAM for the whole pipeline (measured)",
     ),
     "offline-full": Profile(
