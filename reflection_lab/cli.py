@@ -25,7 +25,8 @@ def _common(sp: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--arms", help="comma-separated subset of base,original,reflected,selected,random (default all)")
+    sp.add_argument("--arms", help="comma-separated subset of base,original,reflected,selected,random "
+                         "(default: the profile's eval_arms; offline: base,selected)")
     sp.add_argument("--judge", help="pairwise judge, a teacher spec: openai | openai:<model> | local:<model>")
     sp.add_argument("--judge-model", help="model name for the judge endpoint")
     sp.add_argument("--n-eval", type=int, help="evaluate on a stratified subset of this many held-out prompts")

@@ -69,14 +69,14 @@ PROFILES: dict[str, Profile] = {
         student="smollm2-135m", n_samples=16, n_eval=8, max_length=768, max_steps=24, batch_size=4,
         learning_rate=1e-3, max_new_tokens=160, eval_arms="base,selected",
         time_note="5.2 min for the whole pipeline on an idle 2-core CPU (measured; "
-                  "the first run adds ~25 s to fetch and convert SmolLM2)",
+                  "the first run adds 23 s to fetch and convert SmolLM2)",
         memory_note="3.5 GiB peak RAM for the whole pipeline (measured)",
     ),
     "offline-full": Profile(
         name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",
         student="smollm2-135m", n_samples=None, n_eval=None, max_length=768, max_steps=120, batch_size=4,
         learning_rate=3e-4, max_new_tokens=256,
-        time_note="not measured (one QLoRA step of batch 4 took ~18 s here: 120 steps ~ 36 min for training alone)",
+        time_note="not measured (a QLoRA step of batch 4 took 7 s on an idle 2-core CPU: 120 steps ~ 14 min of training)",
         memory_note="not measured",
     ),
     "colab-t4": Profile(
