@@ -438,8 +438,8 @@ def format_table(metrics: dict) -> str:
 
 def stage_runner(run: Run, profile: Any, opts: dict) -> dict:
     """Adapter for pipeline.STAGE_RUNNERS["evaluate"]: opts may hold arms (else the profile's eval_arms),
-    judge (a teacher spec or object), judge_model, n_eval, eval_data (a dataset spec: file, saved dataset folder or hub name), seed,
-    force, quiet."""
+    judge (a teacher spec or object), judge_model, n_eval, eval_data (a dataset spec: file, saved dataset
+    folder or hub name), seed, force, quiet."""
     judge = opts.get("judge")
     if isinstance(judge, str):
         from .teachers import make_teacher

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .evaluate_metrics import METRICS, arm_order
+from .runs import write_text_atomic
 
 ARM_COLORS = {"base": "#7f7f7f", "original": "#aec7e8", "reflected": "#9467bd", "selected": "#2ca02c",
               "random": "#ff7f0e"}
@@ -285,14 +286,10 @@ reference). Full texts: generations/&lt;arm&gt;.jsonl.</p>{_per_prompt_table(row
 
 def write_report(stage_dir: Path, metrics: dict, rows_by_arm: dict[str, list[dict]]) -> dict[str, Path]:
     """Write report.html (plotly.js from the CDN) and report_offline.html (inline); returns both paths."""
-    import os
-
     out = {}
     for name, mode in (("report.html", "cdn"), ("report_offline.html", "inline")):
         path = Path(stage_dir) / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(render_report(metrics, rows_by_arm, plotlyjs=mode), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, render_report(metrics, rows_by_arm, plotlyjs=mode))
         out[name] = path
     return out
 

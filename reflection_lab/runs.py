@@ -80,6 +80,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write next door, then rename: a reader never sees half a file, even after a kill."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))

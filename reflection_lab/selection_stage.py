@@ -12,7 +12,7 @@ import os
 import shutil
 from typing import Any
 
-from .runs import Run, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .runs import Run, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 OUTPUTS = ["selected.jsonl", "selected_dataset", "decisions.jsonl", "outcomes.json", "figures.html"]
 SCATTER_POINTS = 20_000  # above this the scatter and length plots are thinned evenly (browsers choke on more)
@@ -60,9 +60,7 @@ def write_figures(selection: Any, path: Any) -> Any:
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>reflection-lab: selection</title>"
             "</head><body>"
             f"<h1>Stage 04: the student's selection</h1><p>{html.escape(head)}</p>{divs}</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, page)
     return path
 
 
