@@ -153,7 +153,7 @@ class ScoreConfig:
     quant4: bool = False
     dtype: str = "auto"
     device: str = "auto"
-    padding_side: str = "auto"  # auto: packed rows on a CPU, right-padded batches on a GPU
+    padding_side: str = "auto"  # auto: shared-prefix rows on a CPU, right-padded batches on a GPU
 
     # Knobs that change speed, not scores: left out of the fingerprint, so a run killed by an
     # out-of-memory error resumes with a smaller batch (or on another device) without rescoring.
@@ -234,7 +234,8 @@ def run_score(run: Run, config: ScoreConfig | None = None, *, model=None, tokeni
     barrier()  # every shard's journal is complete before process 0 merges them
     if rank != 0:
         return {"status": "shard-done", "rank": rank, "world": world}
-    return _write_scores(run, cfg, fp, plan, tok, seconds, engine.tokens_scored, config.runtime())
+    runtime = config.runtime() | {"layout": engine.padding_side, "tokens_computed_this_session": engine.tokens_computed}
+    return _write_scores(run, cfg, fp, plan, tok, seconds, engine.tokens_scored, runtime)
 
 
 def _write_scores(run: Run, cfg: dict, fp: str, plan, tok, seconds: float, tokens: int, runtime: dict) -> dict:

@@ -9,9 +9,12 @@ fails. Here every score is a mean cross-entropy over an exactly known token span
 * Items are deduplicated (s(Q) is shared by variants with the same instruction), then either
   length-sorted into padded batches (right or left padding, explicit position ids) or packed
   into rows without padding (position ids restart per item; transformers turns that into a
-  block-diagonal mask, so items never attend to each other). Packing wins on CPUs, where a
-  135M model's matmuls are already efficient at batch 1 and padding is pure waste; padded
-  batches win on GPUs.
+  block-diagonal mask, so items never attend to each other). Packing beats padding on CPUs,
+  where a 135M model's matmuls are already efficient at batch 1 and padding is pure waste;
+  padded batches win on GPUs.
+* On CPUs the default layout shares prefixes (scoring_shared.py): a batch is one row holding each
+  repeated prompt prefix once, and a custom attention keeps every item to its own context. It is
+  used only after it reproduces the model's own losses on a probe; otherwise packed rows are used.
 * Only the hidden states at target positions go through the LM head, in row chunks, so fp32
   logits for a whole batch (16 x 2048 x 128k = 16 GiB) never exist.
 * Out of memory halves the batch budget and retries.
@@ -19,13 +22,17 @@ fails. Here every score is a mean cross-entropy over an exactly known token span
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
+
+from .scoring_shared import active as shared_attention
+from .scoring_shared import build_layout
 
 
 @dataclass(frozen=True)
@@ -99,15 +106,32 @@ def plan_packed(items: list[Item], capacity: int) -> list[list[Item]]:
     return rows
 
 
+def plan_shared(items: list[Item], batch_tokens: int, max_batch_size: int) -> list[list[Item]]:
+    """Items in token order, so those sharing a prefix land in the same batch, cut at the token budget."""
+    batches: list[list[Item]] = []
+    current: list[Item] = []
+    used = 0
+    for it in sorted(items, key=lambda x: (x.prefix, x.target)):
+        if current and (used + len(it) > batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current, used = [], 0
+        current.append(it)
+        used += len(it)
+    if current:
+        batches.append(current)
+    return batches
+
+
 class LossEngine:
     """Mean and per-token cross-entropy of each item's target tokens under a causal LM."""
 
     def __init__(self, model, *, pad_id: int, batch_tokens: int = 4096, max_batch_size: int = 64,
                  padding_side: str = "right", chunk_rows: int = 1024, pack_tokens: int = 512):
-        if padding_side == "auto":
-            padding_side = "right" if next(model.parameters()).device.type == "cuda" else "packed"
-        if padding_side not in ("right", "left", "packed"):
-            raise ValueError("padding_side must be 'right', 'left', 'packed' or 'auto'")
+        auto = padding_side == "auto"
+        if auto:
+            padding_side = "right" if next(model.parameters()).device.type == "cuda" else "shared"
+        if padding_side not in ("right", "left", "packed", "shared"):
+            raise ValueError("padding_side must be 'right', 'left', 'packed', 'shared' or 'auto'")
         self.model = model
         self.pad_id = pad_id
         self.batch_tokens = batch_tokens
@@ -116,8 +140,14 @@ class LossEngine:
         self.chunk_rows = chunk_rows
         self.pack_tokens = pack_tokens  # packed rows stay short: attention cost grows with the row's square
         self.device = next(model.parameters()).device
-        self.tokens_scored = 0
+        self.tokens_scored = 0  # tokens of the items scored (what the reference loop would compute)
+        self.tokens_computed = 0  # tokens actually run through the model: padding added, shared prefixes once
         self._head_only = self._check_head_only()
+        if self.padding_side == "shared" and not self._check_shared():
+            if not auto:
+                warnings.warn("the shared-prefix layout does not reproduce this model's losses; using packed rows",
+                              stacklevel=2)
+            self.padding_side = "packed"
 
     # -- model plumbing -------------------------------------------------------------------------
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -145,6 +175,32 @@ class LossEngine:
             return torch.allclose(full, mine, atol=1e-3, rtol=1e-3)
         except Exception:  # noqa: BLE001 - any surprise means: use the plain path
             return False
+
+    def _check_shared(self) -> bool:
+        """Shared-prefix losses must match scoring each probe item on its own (one item per batch)."""
+        g = torch.Generator().manual_seed(0)
+        vocab = self.model.config.vocab_size
+        head = tuple(torch.randint(1, vocab, (9,), generator=g).tolist())
+        tail = [tuple(torch.randint(1, vocab, (n,), generator=g).tolist()) for n in (3, 5, 2, 4)]
+        probe = [Item(head + tail[0], tail[1]), Item(head + tail[0], tail[2]), Item(head + tail[1], tail[3]),
+                 Item(head + tail[0] + tail[3], tail[0]), Item(head[:2], tail[1])]
+        half = next(self.model.parameters()).dtype in (torch.float16, torch.bfloat16)
+        try:
+            alone = [self._forward([it], "right")[0] for it in probe]
+            batched = self._forward(probe, "right")
+            shared = self._forward(probe, "shared")
+        except Exception:  # noqa: BLE001 - an architecture the custom attention cannot serve
+            return False
+        finally:
+            self.tokens_scored = self.tokens_computed = 0
+
+        def worst(got: list[ItemLoss]) -> float:
+            return max(abs(x - y) for a, b in zip(alone, got) for x, y in zip(a.losses, b.losses))
+
+        # Some kernels (bitsandbytes 4-bit on a CPU) already change losses with the batch's shape; the shared
+        # layout may differ by as much as ordinary batching does, not more. A wrong context costs whole nats.
+        tol = max(5e-2 if half else 1e-3, 3 * worst(batched))
+        return worst(shared) <= tol
 
     def _target_logits(self, input_ids, attention_mask, position_ids, rows, cols) -> Iterable[torch.Tensor]:
         if self._head_only:
@@ -189,20 +245,29 @@ class LossEngine:
 
     def forward_batch(self, batch: list[Item]) -> list[ItemLoss]:
         """Losses for the items of one batch, in the order given."""
+        return self._forward(batch, self.padding_side)
+
+    def _forward(self, batch: list[Item], layout_name: str) -> list[ItemLoss]:
         given = batch
-        if self.padding_side == "packed":
+        layout = None
+        if layout_name == "shared":
+            layout = build_layout(batch, self.pad_id)
+            input_ids, attention_mask, position_ids = layout.input_ids, None, layout.position_ids
+            rows, cols, targets, batch = layout.rows, layout.cols, layout.targets, layout.order
+        elif layout_name == "packed":
             input_ids, attention_mask, position_ids, rows, cols, targets, batch = self._pack_rows(batch)
         else:
-            input_ids, attention_mask, position_ids, rows, cols, targets = self._pad_batch(batch)
+            input_ids, attention_mask, position_ids, rows, cols, targets = self._pad_batch(batch, layout_name)
         dev = self.device
         rows_t, cols_t = torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)
         tgt = torch.tensor(targets, device=dev)
         losses: list[torch.Tensor] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), (shared_attention(self.model, layout) if layout else contextlib.nullcontext()):
             done = 0
             mask = attention_mask.to(dev) if attention_mask is not None else None
             for chunk in self._target_logits(input_ids.to(dev), mask, position_ids.to(dev), rows_t, cols_t):
-                losses.append(F.cross_entropy(chunk, tgt[done:done + chunk.shape[0]], reduction="none"))
+                picked = chunk.gather(1, tgt[done:done + chunk.shape[0], None])[:, 0]
+                losses.append(torch.logsumexp(chunk, dim=-1) - picked)  # cross-entropy without a log-softmax copy
                 done += chunk.shape[0]
         flat = torch.cat(losses).double().cpu().tolist()
         out, i = [], 0
@@ -211,12 +276,13 @@ class LossEngine:
             i += len(it.target)
             out.append(ItemLoss(mean=math.fsum(seg) / len(seg), losses=seg))
         self.tokens_scored += sum(len(it) for it in batch)
+        self.tokens_computed += input_ids.numel()
         if batch is not given:
             by_key = {it.key: loss for it, loss in zip(batch, out)}
             out = [by_key[it.key] for it in given]
         return out
 
-    def _pad_batch(self, batch: list[Item]):
+    def _pad_batch(self, batch: list[Item], side: str):
         width = max(len(it) for it in batch)
         n = len(batch)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -225,7 +291,7 @@ class LossEngine:
         rows, cols, targets = [], [], []
         for r, it in enumerate(batch):
             seq = list(it.prefix) + list(it.target)
-            off = 0 if self.padding_side == "right" else width - len(seq)
+            off = 0 if side == "right" else width - len(seq)
             input_ids[r, off:off + len(seq)] = torch.tensor(seq)
             attention_mask[r, off:off + len(seq)] = 1
             position_ids[r, off:off + len(seq)] = torch.arange(len(seq))
@@ -236,6 +302,8 @@ class LossEngine:
         return input_ids, attention_mask, position_ids, rows, cols, targets
 
     def _plan(self, items: list[Item]) -> list[list[Item]]:
+        if self.padding_side == "shared":
+            return plan_shared(items, self.batch_tokens, self.max_batch_size)
         if self.padding_side == "packed":
             cap = min(self.batch_tokens, self.pack_tokens)
             rows = plan_packed(items, cap)
@@ -277,7 +345,8 @@ class LossEngine:
                         f"Out of memory scoring one sequence of {len(batch[0])} tokens. Lower max_length, load the "
                         "student in 4-bit (quant4_scoring=True), or use a smaller student.") from exc
                 # Halve the budget and re-plan everything left, so later batches do not hit the same wall.
-                used = sum(len(it) for it in batch) if self.padding_side == "packed" else len(batch) * len(batch[0])
+                flat = self.padding_side in ("packed", "shared")
+                used = sum(len(it) for it in batch) if flat else len(batch) * len(batch[0])
                 self.batch_tokens = max(1, min(self.batch_tokens, used) // 2)
                 rest = batch + [it for b in pending for it in b]
                 pending = self._plan(rest)

@@ -31,13 +31,14 @@ def student(request):
     return request.param, load_model(request.param), load_tokenizer(request.param)
 
 
-@pytest.mark.parametrize("padding_side", ["right", "left", "packed"])
+@pytest.mark.parametrize("padding_side", ["right", "left", "packed", "shared"])
 def test_engine_matches_one_at_a_time_reference(student, padding_side):
     name, model, tok = student
     enc = PairEncoder(tok, template="chat", max_length=4096)
     pairs = _pairs(24)
     plan = [enc.items(q, i, a) for q, i, a in pairs]
     engine = LossEngine(model, pad_id=tok.pad_token_id, batch_tokens=2048, padding_side=padding_side)
+    assert engine.padding_side == padding_side  # the shared layout passed its own check, no silent fallback
     losses = engine.score([it for items, _ in plan for it in items.values()])
     assert len(plan_batches([it for items, _ in plan for it in items.values()], 2048, 64)) > 1  # really batched
     for (q, i, a), (items, info) in zip(pairs, plan):
@@ -224,4 +225,6 @@ def test_run_score_writes_scores_token_losses_and_manifest(tmp_path):
     tl = read_jsonl(run.path("score", "token_losses.jsonl"))
     assert len(tl) == 20 and len(tl[0]["tokens"]) == len(tl[0]["cond"]) == len(tl[0]["direct"])
     assert m["config"]["template"] == "chat" and m["definitions"]["ifd"] == "PPL(A|Q)/PPL(A)"
+    assert m["runtime"]["layout"] == "shared"  # the CPU default, after its check against plain scoring
+    assert 0 < m["runtime"]["tokens_computed_this_session"] < m["counts"]["tokens_scored_this_session"]
     assert run_score(run, ScoreConfig(student="tiny-llama", max_length=512), progress=False)["finished"] == m["finished"]
