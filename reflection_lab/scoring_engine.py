@@ -251,7 +251,7 @@ class LossEngine:
         given = batch
         layout = None
         if layout_name == "shared":
-            layout = build_layout(batch, self.pad_id)
+            layout = build_layout(batch)
             input_ids, attention_mask, position_ids = layout.input_ids, None, layout.position_ids
             rows, cols, targets, batch = layout.rows, layout.cols, layout.targets, layout.order
         elif layout_name == "packed":
@@ -321,6 +321,8 @@ class LossEngine:
         for it in unique.values():
             if not it.target:
                 raise ValueError("an Item needs at least one target token")
+            if not it.prefix:
+                raise ValueError("an Item needs at least one prefix token (a start token) to predict its first target")
         rank, world = shard
         # Shard the plan of *all* items, then drop finished ones: every process then agrees on who scores
         # what, even if another process has already journalled part of its share.

@@ -110,7 +110,7 @@ class SharedLayout:
         return self.masks[key]
 
 
-def build_layout(batch: Sequence, pad_id: int, min_anchor: int = 4) -> SharedLayout:
+def build_layout(batch: Sequence, min_anchor: int = 4) -> SharedLayout:
     """One row holding each anchor once and each item's own tokens, with exact positions."""
     items = sorted(batch, key=lambda it: (it.prefix, it.target))
     parent = find_anchors([it.prefix for it in items], min_anchor)
@@ -149,7 +149,6 @@ def build_layout(batch: Sequence, pad_id: int, min_anchor: int = 4) -> SharedLay
         cols += range(first - 1, first - 1 + len(it.target))
         rows += [0] * len(it.target)
         targets += it.target
-    del pad_id  # one row: nothing to pad
     return SharedLayout(torch.tensor([ids]), torch.tensor([pos]), segments, rows, cols, targets, items)
 
 

@@ -39,7 +39,7 @@ def test_short_common_parts_make_no_anchor_and_every_anchor_serves_two():
 def test_layout_computes_each_prefix_once_with_the_positions_it_would_have_alone():
     items = [Item(HEAD + (7, 8), (20, 21)), Item(HEAD + (7, 8), (22,)), Item(HEAD + (9,), (23, 24, 25)),
              Item((1,), (26,))]
-    lay = build_layout(items, pad_id=0)
+    lay = build_layout(items)
     assert lay.computed_tokens < sum(len(it) for it in items)
     ids, pos = lay.input_ids[0].tolist(), lay.position_ids[0].tolist()
     for seg in lay.segments:
@@ -112,3 +112,11 @@ def test_a_wrong_attention_fails_the_check_and_the_engine_falls_back(monkeypatch
     monkeypatch.undo()
     assert LossEngine(model, pad_id=tok.pad_token_id, padding_side="auto").padding_side == "shared"
     assert model.config._attn_implementation != scoring_shared.ATTN_NAME  # restored after every batch
+
+
+def test_an_item_without_a_prefix_is_refused_in_every_layout():
+    """Its first target token would be "predicted" from whatever sits before it in the row."""
+    model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
+    for side in ("right", "packed", "shared"):
+        with pytest.raises(ValueError, match="prefix token"):
+            LossEngine(model, pad_id=tok.pad_token_id, padding_side=side).score([Item((), (5, 6))])
