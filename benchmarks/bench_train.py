@@ -131,6 +131,7 @@ def arm_baseline(a: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments, default_data_collator
 
     from reflection_lab.devices import pick_device
+    from reflection_lab.finetune import checkpointing_args
     from reflection_lab.models import load_tokenizer, resolve_model
     from reflection_lab.training_data import build_format, encode_rows, split_train_eval
 
@@ -167,7 +168,7 @@ def arm_baseline(a: argparse.Namespace) -> dict:
                                  learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
                                  logging_steps=1, save_strategy="no", seed=0, use_cpu=not cuda,
                                  bf16=cuda and info.dtype == "bfloat16", fp16=cuda and info.dtype == "float16",
-                                 gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
+                                 **checkpointing_args(True),
                                  report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
                                  label_names=["labels"])
         timing = _timing_callback()

@@ -253,6 +253,21 @@ def build_model(config: FinetuneConfig, tokenizer: Any, info: Any) -> tuple[Any,
     return model, facts
 
 
+def checkpointing_args(enabled: bool) -> dict:
+    """Activation checkpointing under the TrainingArguments name this transformers knows.
+
+    Why: transformers 5.24 renamed gradient_checkpointing(_kwargs) to activation_checkpointing(_kwargs) and
+    warns on the old names; 5.0, the lab's floor, knows only the old ones.
+    """
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: enabled, f"{key}_kwargs": {"use_reentrant": False}}
+
+
 def _training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: bool, world: int = 1) -> Any:
     from transformers import TrainingArguments
 
@@ -269,8 +284,7 @@ def _training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: b
         seed=config.seed, data_seed=config.seed,
         use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,  # CPU DDP needs both
         bf16=cuda and info.dtype == "bfloat16", fp16=cuda and info.dtype == "float16",
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, ddp_find_unused_parameters=False,
+        **checkpointing_args(config.gradient_checkpointing), ddp_find_unused_parameters=False,
         report_to=[], disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
         prediction_loss_only=True,  # eval needs the loss only; keeping eval logits costs batch x length x vocab
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, save_only_model=False,

@@ -329,3 +329,18 @@ def test_answer_only_logits_give_the_models_own_loss(spec, tiny_llama_path, tiny
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     assert n == int((batch["labels"][:, 1:] != -100).sum()) and out.logits.shape[-2:] == (n, len(tok))
     assert (total / n).item() == pytest.approx(full.loss.item(), abs=1e-5)
+
+
+def test_training_arguments_switch_checkpointing_on_without_a_deprecated_name(tmp_path):
+    """transformers 5.24 renamed gradient_checkpointing; the lab passes whichever name the installed version has."""
+    import warnings
+
+    from reflection_lab.devices import pick_device
+    from reflection_lab.finetune import _training_args
+
+    for enabled in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            args = _training_args(FinetuneConfig(gradient_checkpointing=enabled), tmp_path, pick_device(), False)
+        assert args.gradient_checkpointing is enabled  # the old name mirrors the new one where both exist
+        assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
