@@ -70,7 +70,7 @@ PROFILES: dict[str, Profile] = {
         learning_rate=1e-3, max_new_tokens=160, eval_arms="base,selected",
         time_note="5.2 min for the whole pipeline on an idle 2-core CPU (measured; "
                   "the first run adds 23 s to fetch and convert SmolLM2)",
-        memory_note="3.5 GiB peak RAM for the whole pipeline (measured)",
+        memory_note="3.6 GiB peak RAM for the whole pipeline (measured, lab.py demo)",
     ),
     "offline-full": Profile(
         name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",
