@@ -225,7 +225,7 @@ class LossEngine:
         """
         rows = plan_packed(batch, min(self.batch_tokens, self.pack_tokens))
         width = max(sum(len(it) for it in row) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        ids = torch.full((len(rows), width), self.pad_id if self.pad_id is not None else 0, dtype=torch.long)
         pos = torch.zeros((len(rows), width), dtype=torch.long)
         rr, cols, targets, order = [], [], [], []
         for r, row in enumerate(rows):
@@ -285,7 +285,8 @@ class LossEngine:
     def _pad_batch(self, batch: list[Item], side: str):
         width = max(len(it) for it in batch)
         n = len(batch)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        pad = self.pad_id if self.pad_id is not None else 0  # masked out: any id will do
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         position_ids = torch.zeros((n, width), dtype=torch.long)
         rows, cols, targets = [], [], []

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 ATTN_NAME = "reflection_lab_segments"
 _ACTIVE: contextvars.ContextVar[SharedLayout | None] = contextvars.ContextVar("reflection_lab_layout",
                                                                                  default=None)
+_LOCK = threading.Lock()  # one shared batch at a time: the attention switch is made on the model object
+_ORIGINAL: dict[int, str] = {}  # id(model config) -> its own attention, while switched
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
@@ -152,11 +156,25 @@ def build_layout(batch: Sequence, min_anchor: int = 4) -> SharedLayout:
     return SharedLayout(torch.tensor([ids]), torch.tensor([pos]), segments, rows, cols, targets, items)
 
 
+def _own_attention(module):
+    """The model's own attention function, for calls made outside a shared batch while the model is switched."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = _ORIGINAL.get(id(getattr(module, "config", None)), "sdpa")
+    fn = ALL_ATTENTION_FUNCTIONS._global_mapping.get(name)
+    if fn is None:  # "eager" lives in each model's own module
+        fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise RuntimeError(f"cannot find attention {name!r} for {type(module).__name__} outside a shared batch")
+    return fn
+
+
 def segment_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention restricted to each segment's anchors and itself (query/key/value: batch, heads, T, dim)."""
     layout = _ACTIVE.get()
-    if layout is None:
-        raise RuntimeError("segment attention used outside LossEngine's shared layout")
+    if layout is None:  # e.g. a viewer thread generating with the same model while a batch is scored
+        return _own_attention(module)(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     for unsupported in ("sliding_window", "softcap", "s_aux", "position_bias"):
         if kwargs.get(unsupported) is not None:
             raise NotImplementedError(f"the shared-prefix layout does not handle {unsupported}")
@@ -168,7 +186,7 @@ def segment_attention(module, query, key, value, attention_mask, scaling=None, d
     for seg in layout.segments:
         q = query[:, :, seg.start:seg.end]
         if seg.context:
-            spans = list(seg.context) + [(seg.start, seg.end)]
+            spans = [*seg.context, (seg.start, seg.end)]
             k = torch.cat([key[:, :, a:b] for a, b in spans], dim=2)
             v = torch.cat([value[:, :, a:b] for a, b in spans], dim=2)
             outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask(seg, q.device), scale=scaling))
@@ -178,21 +196,43 @@ def segment_attention(module, query, key, value, attention_mask, scaling=None, d
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
+def segment_mask(*args, config=None, **kwargs):
+    """No mask inside a shared batch (segments encode it); the model's own mask for anyone else meanwhile."""
+    if _ACTIVE.get() is not None:
+        return None
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    own = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(_ORIGINAL.get(id(config), "sdpa"))
+    own = own or ALL_MASK_ATTENTION_FUNCTIONS._global_mapping["sdpa"]
+    return own(*args, config=config, **kwargs)
+
+
 def _register() -> None:
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_NAME, segment_attention)
+    AttentionMaskInterface.register(ATTN_NAME, segment_mask)
 
 
 @contextlib.contextmanager
 def active(model, layout: SharedLayout) -> Iterator[None]:
-    """Run the model with segment attention over `layout`, restoring its own attention afterwards."""
+    """Run the model with segment attention over `layout`, restoring its own attention afterwards.
+
+    The switch is made on the model object, so it is serialised: one shared batch at a time in a process.
+    Other threads that use the model meanwhile get its own attention and mask (see segment_attention).
+    """
     _register()
-    before = model.config._attn_implementation
-    token = _ACTIVE.set(layout)
-    model.set_attn_implementation(ATTN_NAME)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
-        _ACTIVE.reset(token)
+    with _LOCK:
+        before = model.config._attn_implementation
+        _ORIGINAL[id(model.config)] = before
+        token = None
+        try:
+            model.set_attn_implementation(ATTN_NAME)
+            token = _ACTIVE.set(layout)
+            yield
+        finally:
+            if token is not None:
+                _ACTIVE.reset(token)
+            model.set_attn_implementation(before)
+            _ORIGINAL.pop(id(model.config), None)

@@ -120,3 +120,77 @@ def test_an_item_without_a_prefix_is_refused_in_every_layout():
     for side in ("right", "packed", "shared"):
         with pytest.raises(ValueError, match="prefix token"):
             LossEngine(model, pad_id=tok.pad_token_id, padding_side=side).score([Item((), (5, 6))])
+
+
+def test_other_threads_keep_the_models_own_attention_and_mask_during_a_shared_batch():
+    """A viewer thread generating with the same model object must not notice a batch being scored."""
+    import threading
+
+    import torch
+
+    model = load_model("tiny-llama")
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # left padding: the mask matters
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    got = {}
+
+    def other():
+        with torch.no_grad():
+            got["logits"] = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+
+    layout = build_layout([Item(HEAD + (7,), (8,)), Item(HEAD + (9,), (10,))])
+    with scoring_shared.active(model, layout):
+        assert model.config._attn_implementation == scoring_shared.ATTN_NAME
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert torch.allclose(got["logits"], want, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_two_threads_scoring_one_model_both_get_exact_losses_and_the_model_is_restored():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
+    enc = PairEncoder(tok, template="chat", max_length=4096)
+    sets = [[it for q, a in pairs for it in enc.items(q, "", a)[0].values()]
+            for pairs in ([("Add 2 and 3", "Five."), ("Add 2 and 3", "It is 5.")],
+                          [("Name a river", "The Nile."), ("Name two rivers", "The Nile.")])]
+    alone = [LossEngine(model, pad_id=tok.pad_token_id, padding_side="right").score(s) for s in sets]
+
+    def shared(items):
+        return [LossEngine(model, pad_id=tok.pad_token_id, padding_side="shared").score(items) for _ in range(5)]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(shared, sets))
+    for want, runs in zip(alone, results):
+        for got in runs:
+            assert all(abs(got[k].mean - want[k].mean) < 1e-5 for k in want)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_failed_switch_leaves_neither_the_layout_nor_the_switch_behind(monkeypatch):
+    model = load_model("tiny-llama")
+    real = model.set_attn_implementation
+    calls = []
+
+    def flaky(name):
+        calls.append(name)
+        if name == scoring_shared.ATTN_NAME:
+            raise RuntimeError("cannot switch")
+        return real(name)
+
+    monkeypatch.setattr(model, "set_attn_implementation", flaky)
+    with pytest.raises(RuntimeError, match="cannot switch"), scoring_shared.active(model, build_layout([Item(HEAD, (1,))])):
+        pass
+    assert scoring_shared._ACTIVE.get() is None and model.config._attn_implementation == "sdpa"
+    assert not scoring_shared._ORIGINAL
+
+
+def test_a_tokenizer_without_a_pad_token_does_not_fail_the_check():
+    model = load_model("tiny-llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LossEngine(model, pad_id=None, padding_side="shared").padding_side == "shared"
