@@ -125,7 +125,7 @@ def plan_shared(items: list[Item], batch_tokens: int, max_batch_size: int) -> li
 class LossEngine:
     """Mean and per-token cross-entropy of each item's target tokens under a causal LM."""
 
-    def __init__(self, model, *, pad_id: int, batch_tokens: int = 4096, max_batch_size: int = 64,
+    def __init__(self, model, *, pad_id: int | None, batch_tokens: int = 4096, max_batch_size: int = 64,
                  padding_side: str = "right", chunk_rows: int = 1024, pack_tokens: int = 512):
         auto = padding_side == "auto"
         if auto:
@@ -133,7 +133,7 @@ class LossEngine:
         if padding_side not in ("right", "left", "packed", "shared"):
             raise ValueError("padding_side must be 'right', 'left', 'packed', 'shared' or 'auto'")
         self.model = model
-        self.pad_id = pad_id
+        self.pad_id = pad_id if pad_id is not None else 0  # always masked out, so any id will do
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         self.padding_side = padding_side
@@ -165,7 +165,7 @@ class LossEngine:
     def _check_head_only(self) -> bool:
         """Use backbone + head-on-target-rows only if it reproduces the model's own logits here."""
         try:
-            ids = torch.tensor([[self.pad_id if self.pad_id is not None else 0] + list(range(1, 8))],
+            ids = torch.tensor([[self.pad_id] + list(range(1, 8))],
                                device=self.device) % self.model.config.vocab_size
             with torch.inference_mode():
                 mask = torch.ones_like(ids)
@@ -225,7 +225,7 @@ class LossEngine:
         """
         rows = plan_packed(batch, min(self.batch_tokens, self.pack_tokens))
         width = max(sum(len(it) for it in row) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_id if self.pad_id is not None else 0, dtype=torch.long)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         pos = torch.zeros((len(rows), width), dtype=torch.long)
         rr, cols, targets, order = [], [], [], []
         for r, row in enumerate(rows):
@@ -285,8 +285,7 @@ class LossEngine:
     def _pad_batch(self, batch: list[Item], side: str):
         width = max(len(it) for it in batch)
         n = len(batch)
-        pad = self.pad_id if self.pad_id is not None else 0  # masked out: any id will do
-        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         position_ids = torch.zeros((n, width), dtype=torch.long)
         rows, cols, targets = [], [], []
