@@ -6,12 +6,15 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
+
+from .core.runs import MissingStageError, Run
+from .profiles import Profile, get_profile, parse_assignments
 
 
-def _column_map(text: str | None) -> dict[str, str] | None:
-    if not text:
-        return None
+def _column_map(text: str) -> dict[str, str]:
     pairs = [p.split("=", 1) for p in text.split(",") if p]
     return {k.strip(): v.strip() for k, v in pairs}
 
@@ -34,15 +37,8 @@ def _evaluate_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, help="seed of the bootstrap and the random arm (default 0)")
 
 
-def _parse_value(v: str):
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import STAGE_RUNNERS
+    from .pipeline import STAGE_FUNCTIONS
 
     ap = argparse.ArgumentParser(prog="reflection-lab", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -53,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("rest", nargs=argparse.REMAINDER)
     st = sub.add_parser("status", help="which stages of a run are done")
     st.add_argument("--run", required=True)
-    for stage in STAGE_RUNNERS:
+    for stage in STAGE_FUNCTIONS:
         sp = sub.add_parser(stage, help=f"run stage '{stage}'")
         _common(sp)
         if stage == "data":
@@ -97,29 +93,59 @@ def _option_for(parser: argparse.ArgumentParser, cmd: str, dest: str) -> str | N
     return None
 
 
+# Flags of the stage subcommands, by the stage whose config field they set (flag dest -> config field).
+STAGE_FLAGS: dict[str, dict[str, str]] = {
+    "data": {"train": "train", "eval": "eval", "strict": "strict", "column_map": "column_map"},
+    "reflect": {"teacher": "teacher", "style": "style", "concurrency": "concurrency"},
+    "select": {k: k for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
+                              "drop_refusals", "keep_unreflected_answers", "score_form")},
+    "infer": {"preset": "preset"},
+    "evaluate": {k: k for k in ("arms", "judge", "judge_model", "n_eval", "eval_data", "seed")},
+}
+
+
+def stage_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The flags that were given, as config overrides per stage (`--base` means use_adapter=False)."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage, flags in STAGE_FLAGS.items():
+        given = {field: getattr(args, dest) for dest, field in flags.items() if getattr(args, dest, None) is not None}
+        if given:
+            out[stage] = given
+    if "column_map" in out.get("data", {}):
+        out["data"]["column_map"] = _column_map(out["data"]["column_map"])
+    if getattr(args, "base", None):
+        out.setdefault("infer", {})["use_adapter"] = False
+    return out
+
+
+def _known_fields() -> dict[str, set[str]]:
+    """Field names of the profile and of every stage config (what an error message may name)."""
+    from .pipeline import STAGE_FUNCTIONS, stage_parts
+
+    known = {"profile": {f.name for f in fields(Profile)}}
+    for stage in STAGE_FUNCTIONS:
+        known[stage] = {f.name for f in fields(stage_parts(stage)[0])}
+    return known
+
+
 def _value_error_hint(message: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
     """Name the option or profile field a ValueError's message points at, so the user knows what to change.
 
     Stage configs name the offending field in their messages ("top_k_percent must be in [0, 100] ...");
     the same field may have come from --set, from a flag of the subcommand, or from the profile itself.
     """
-    from dataclasses import fields
-
-    from .profiles import Profile
-    from .selection import SelectionConfig
-
-    profile_fields = {f.name for f in fields(Profile)}
-    known = profile_fields | {f.name for f in fields(SelectionConfig)}
-    given = dict(kv.split("=", 1) for kv in args.set)
+    known = _known_fields()
+    every = set().union(*known.values())
+    given = dict(kv.split("=", 1) for kv in args.set if "=" in kv)
     for word in dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message)):
-        if word not in known:
+        if word not in every:
             continue
         if word in given:
             return f"check --set {word}={given[word]}"
         flag = _option_for(parser, args.cmd, word)
         if flag and getattr(args, word, None) is not None:
             return f"check {flag} (given: {getattr(args, word)})"
-        if word in profile_fields:
+        if word in known["profile"]:
             return f"check the field {word!r} of profile {args.profile!r} (override it with --set {word}=...)"
     return None
 
@@ -128,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.cmd == "info":
-        from .devices import environment_report, pick_device
+        from .core.devices import environment_report, pick_device
         from .models import MODEL_MENU
         from .profiles import PROFILES
 
@@ -147,52 +173,37 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.models:
             print(m, "->", resolve_model(m))
         return 0
-    from .runs import MissingStageError, Run
-
     if args.cmd == "serve":
         from .server import main as serve_main
 
         return serve_main(args.rest) or 0
-
     if args.cmd == "status":
         for stage, state in Run(args.run).status().items():
             print(f"{stage:9s} {state}")
         return 0
-    from .pipeline import run_pipeline, run_stage
-    from .profiles import get_profile
+    return _run_stages(args, parser)
 
-    bad = [kv for kv in args.set if "=" not in kv]
-    if bad:
-        print(f"error: --set needs FIELD=VALUE, got {bad[0]!r} (e.g. --set n_samples=8)", file=sys.stderr)
-        return 2
-    overrides = dict(kv.split("=", 1) for kv in args.set)
+
+def _run_stages(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """A stage subcommand or `run`: profile and overrides in, manifests (and the evaluation table) out."""
+    from .finetune import FinetuneError
+    from .pipeline import run_pipeline, run_stage
+
     try:
-        profile = get_profile(args.profile, **{k: _parse_value(v) for k, v in overrides.items()})
+        profile = get_profile(args.profile, **parse_assignments(args.set))
     except (KeyError, TypeError, ValueError) as exc:  # unknown profile or field, or a bad value
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
     run = Run(args.run or Path("runs") / profile.name)
-    opts = {"force": args.force}
-    for name in ("train", "eval", "strict", "teacher", "style", "concurrency", "base", "preset",
-                 "arms", "judge", "judge_model", "n_eval", "eval_data", "seed"):
-        if getattr(args, name, None) is not None:
-            opts[name] = getattr(args, name)
-    sel = {k: getattr(args, k) for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
-                                         "drop_refusals", "keep_unreflected_answers", "score_form")
-           if getattr(args, k, None) is not None}
-    if sel:
-        opts["selection"] = sel
-    if getattr(args, "column_map", None):
-        opts["column_map"] = _column_map(args.column_map)
-    from .finetune import FinetuneError  # cheap (no torch); imported here so `info` and `serve` never load it
-
+    overrides = stage_overrides(args)
     try:
         if args.cmd == "run":
             stages = args.stages.split(",") if args.stages else None
-            results = run_pipeline(run, profile, stages=stages, **opts)
+            results = run_pipeline(run, profile, stages=stages, overrides=overrides, force=args.force)
         else:
-            results = {args.cmd: run_stage(args.cmd, run, profile, **opts)}
+            results = {args.cmd: run_stage(args.cmd, run, profile, overrides=overrides.get(args.cmd),
+                                           force=args.force)}
             m = results[args.cmd]
             print(json.dumps({"stage": args.cmd, "status": m.get("status"), "counts": m.get("counts")}, indent=1))
         if "evaluate" in results:

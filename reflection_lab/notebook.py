@@ -13,14 +13,14 @@ import os
 import sys
 from pathlib import Path
 
+from .core.devices import environment_report, pick_device
+from .core.runtime import on_colab
+from .profiles import get_profile
+
 REPO_URL = "https://github.com/reflection-lab/reflection-lab"
 # Rough GPU memory a profile needs (GiB), for the warning in the first cell.
 PROFILE_GPU_GIB = {"colab-t4": 6.0, "gpu": 12.0}
 _PRELOADED = ("torch", "transformers", "datasets", "accelerate", "peft")
-
-
-def on_colab() -> bool:
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
 
 
 def _loaded_version(mod: str) -> str | None:
@@ -67,9 +67,6 @@ def notebook_params(default_profile: str = "offline", default_run: str = "../run
 
 def setup(profile: str = "offline", *, quiet: bool = False) -> dict:
     """Print versions and the device, and warn about what will go wrong before it does."""
-    from .devices import environment_report, pick_device
-    from .profiles import get_profile
-
     warnings = []
     stale = restart_needed()
     if stale:

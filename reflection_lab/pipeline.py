@@ -1,101 +1,66 @@
-"""The whole lab as one call: each stage function reads the run, writes its artifact, returns its manifest.
+"""The whole lab as one call: every stage through the same contract, in pipeline order.
 
-Why a table of small adapters: the CLI, the notebooks and the tests all run the same stage code
-with a profile; the adapters only translate profile fields into the stage's arguments.
+Every stage is `run_<stage>(run, config, *, force, progress)` with a `<Stage>Config` built by
+`from_profile(profile, **overrides)`. The CLI, the notebooks and the tests go through `run_stage`
+or call the stage functions directly; nothing here translates settings by hand.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
-from typing import Callable
+from typing import Any, Callable
 
+from .core.runs import Run
 from .profiles import Profile
-from .runs import Run
 
-StageRunner = Callable[[Run, Profile, dict], dict]
-
-
-def _data(run: Run, p: Profile, opts: dict) -> dict:
-    from .data import run_data
-
-    return run_data(run, train=opts.get("train") or p.train_data, eval=opts.get("eval", p.eval_data),
-                    n_samples=p.n_samples, n_eval=p.n_eval, strict=bool(opts.get("strict")),
-                    column_map=opts.get("column_map"), force=bool(opts.get("force")))
-
-
-def _reflect(run: Run, p: Profile, opts: dict) -> dict:
-    from .reflect import make_teacher, run_reflect
-
-    teacher_spec = opts.get("teacher") or p.teacher
-    kw = {"model": p.teacher_model} if p.teacher_model else {}
-    teacher = make_teacher(teacher_spec, **kw)
-    extra = {"max_tokens": p.max_new_tokens} if teacher_spec.startswith("local") else {}
-    return run_reflect(run, teacher, style=opts.get("style") or "reflection",
-                       concurrency=int(opts.get("concurrency") or 8), force=bool(opts.get("force")), **extra)
-
-
-def _score(run: Run, p: Profile, opts: dict) -> dict:
-    from .scoring import ScoreConfig, run_score
-
-    cfg = ScoreConfig(student=p.student, template=p.template, max_length=p.max_length,
-                      batch_tokens=p.score_batch_tokens, quant4=p.quant4_scoring, dtype=p.dtype, device=p.device)
-    return run_score(run, cfg, force=bool(opts.get("force")))
-
-
-def _select(run: Run, p: Profile, opts: dict) -> dict:
-    from .selection import SelectionConfig, run_select
-
-    fields = {"ifd_max": p.ifd_max, "rifd_max": p.rifd_max, "top_k_percent": p.top_k_percent,
-              "keep_unreflected_answers": p.keep_unreflected_answers}
-    fields.update(opts.get("selection") or {})
-    return run_select(run, SelectionConfig(**fields), force=bool(opts.get("force")))
-
-
-def _finetune(run: Run, p: Profile, opts: dict) -> dict:
-    from .finetune import FinetuneConfig, run_finetune
-
-    return run_finetune(run, FinetuneConfig.from_profile(p), force=bool(opts.get("force")))
-
-
-def _infer(run: Run, p: Profile, opts: dict) -> dict:
-    from .inference import run_infer
-
-    base = bool(opts.get("base"))
-    return run_infer(run, use_adapter=not base, model_spec=p.student if base else None,
-                     preset=opts.get("preset") or "greedy", max_new_tokens=p.max_new_tokens,
-                     device=p.device, dtype=p.dtype, force=bool(opts.get("force")))
-
-
-def _evaluate(run: Run, p: Profile, opts: dict) -> dict:
-    from .evaluate import stage_runner
-
-    return stage_runner(run, p, opts)
-
-
-STAGE_RUNNERS: dict[str, StageRunner] = {
-    "data": _data,
-    "reflect": _reflect,
-    "score": _score,
-    "select": _select,
-    "finetune": _finetune,
-    "infer": _infer,
-    "evaluate": _evaluate,
+# stage -> (module, config class, stage function); imported on first use, so `import pipeline` stays light
+STAGE_FUNCTIONS: dict[str, tuple[str, str, str]] = {
+    "data": ("data", "DataConfig", "run_data"),
+    "reflect": ("reflect", "ReflectConfig", "run_reflect"),
+    "score": ("scoring", "ScoreConfig", "run_score"),
+    "select": ("selection", "SelectConfig", "run_select"),
+    "finetune": ("finetune", "FinetuneConfig", "run_finetune"),
+    "infer": ("inference", "InferConfig", "run_infer"),
+    "evaluate": ("evaluate", "EvaluateConfig", "run_evaluate"),
 }
 
 
-def run_stage(stage: str, run: Run, profile: Profile, **opts) -> dict:
-    if stage not in STAGE_RUNNERS:
-        raise KeyError(f"stage {stage!r} is not available; stages: {', '.join(STAGE_RUNNERS)}")
-    return STAGE_RUNNERS[stage](run, profile, opts)
+def stage_parts(stage: str) -> tuple[type, Callable[..., dict]]:
+    """(config class, stage function) of a stage."""
+    if stage not in STAGE_FUNCTIONS:
+        raise KeyError(f"stage {stage!r} is not available; stages: {', '.join(STAGE_FUNCTIONS)}")
+    module, config_name, fn_name = STAGE_FUNCTIONS[stage]
+    mod = importlib.import_module(f".{module}", __package__)
+    return getattr(mod, config_name), getattr(mod, fn_name)
 
 
-def run_pipeline(run: Run, profile: Profile, *, stages: list[str] | None = None, log=print, **opts) -> dict[str, dict]:
-    """Run every stage in order; finished stages with unchanged inputs are reused, not recomputed."""
+def stage_config(stage: str, profile: Profile, **overrides: Any) -> Any:
+    """The stage's config from a profile, with overrides (unknown names or bad values fail with a message)."""
+    config_cls, _ = stage_parts(stage)
+    return config_cls.from_profile(profile, **overrides)
+
+
+def run_stage(stage: str, run: Run, profile: Profile, *, overrides: dict[str, Any] | None = None,
+              force: bool = False, progress: bool = True) -> dict:
+    """One stage with the profile's settings (and overrides of its config fields); returns its manifest."""
+    config_cls, fn = stage_parts(stage)
+    return fn(run, config_cls.from_profile(profile, **(overrides or {})), force=force, progress=progress)
+
+
+def run_pipeline(run: Run, profile: Profile, *, stages: list[str] | None = None,
+                 overrides: dict[str, dict[str, Any]] | None = None, force: bool = False, progress: bool = True,
+                 log: Callable[[str], Any] = print) -> dict[str, dict]:
+    """Run every stage in order; finished stages with unchanged inputs are reused, not recomputed.
+
+    overrides: per stage, config fields to change, e.g. {"reflect": {"teacher": "openai:gpt-4o-mini"}}.
+    """
     results = {}
-    for stage in stages or list(STAGE_RUNNERS):
+    for stage in stages or list(STAGE_FUNCTIONS):
         t0 = time.perf_counter()
         log(f"== {stage} ==")
-        results[stage] = run_stage(stage, run, profile, **opts)
+        results[stage] = run_stage(stage, run, profile, overrides=(overrides or {}).get(stage), force=force,
+                                   progress=progress)
         counts = results[stage].get("counts", {})
         log(f"   done in {time.perf_counter() - t0:.1f} s; " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return results

@@ -7,7 +7,11 @@ single fields (`get_profile("offline", n_samples=8)`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .core.config import ConfigError, check_fields
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,7 @@ class Profile:
     student: str  # model spec: offline name, local path or hub id (see models.resolve_model)
     teacher: str = "replay"  # "replay", "openai" (any OpenAI-compatible endpoint) or "local"
     teacher_model: str | None = None
-    train_data: str = "workshop"  # dataset spec (see data.load_dataset_spec)
+    train_data: str = "workshop"  # dataset spec (see data.load_samples)
     eval_data: str = "workshop-eval"
     n_samples: int | None = None  # subset of the training data; None = all
     n_eval: int | None = None
@@ -25,7 +29,7 @@ class Profile:
     max_length: int = 1024  # tokens per scored or trained sequence
     score_batch_tokens: int = 4096  # token budget of one scoring batch (padding included)
     quant4_scoring: bool = False
-    # selection (see selection.SelectionConfig)
+    # selection (see selection.SelectConfig)
     ifd_max: float = 1.0
     rifd_max: float = 1.0
     top_k_percent: float | None = None
@@ -51,6 +55,9 @@ class Profile:
     time_note: str = ""
     memory_note: str = ""
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,12 +101,28 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str = "offline", **overrides) -> Profile:
-    """A named profile with some fields replaced; unknown names or fields fail loudly."""
+def get_profile(name: str = "offline", **overrides: Any) -> Profile:
+    """A named profile with some fields replaced (None keeps the profile's value); bad names or values fail loudly."""
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     known = {f.name for f in fields(Profile)}
     bad = sorted(set(overrides) - known)
     if bad:
-        raise TypeError(f"unknown profile field(s) {bad}; known fields: {sorted(known)}")
+        raise ConfigError(f"unknown profile field(s) {bad}; known fields: {sorted(known)}")
     return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (8, 1e-3, true, null, ["a"]), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """["n_samples=8", "template=plain"] -> {"n_samples": 8, "template": "plain"}."""
+    bad = [kv for kv in items if "=" not in kv]
+    if bad:
+        raise ConfigError(f"--set needs FIELD=VALUE, got {bad[0]!r} (e.g. --set n_samples=8)")
+    return {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in items)}

@@ -12,8 +12,10 @@ GET /stats (request counts per sample/task), POST /admin/faults, /admin/config, 
 Options mirror vLLM/DeepSeek where clients care: --reasoning-field puts the text inside
 <thinking>...</thinking> into message.reasoning_content (or .reasoning) instead of content.
 The server never stores or echoes an Authorization header; /stats only counts that one was sent.
+What answers is a backend of the llm layer (the same local and replay backends stage 02 uses).
 """
 
+from __future__ import annotations
 
 import argparse
 import asyncio
@@ -25,6 +27,9 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from .format.tags import split_reasoning
+from .llm.base import ChatRequest
 
 FAULT_KINDS = ("ok", "429", "500", "503", "drop", "slow", "malformed")
 
@@ -56,54 +61,39 @@ class FaultPlan:
         return plan
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(reasoning inside <thinking>...</thinking>, the rest). Unclosed thinking is all reasoning."""
-    start = text.find("<thinking>")
-    if start < 0:
-        return None, text
-    stop = text.find("</thinking>", start)
-    if stop < 0:
-        return text[start + len("<thinking>"):].strip(), text[:start].strip()
-    reasoning = text[start + len("<thinking>"):stop].strip()
-    rest = (text[:start] + text[stop + len("</thinking>"):]).strip()
-    return reasoning, rest
-
-
 class Backends:
-    """What answers: a local transformers model and/or replay data, each under a served model name."""
+    """What answers: a local transformers model and/or replay data, each a backend under a served model name."""
 
     def __init__(self, model: str | None = None, replay: str | None = None, *, served_name: str | None = None,
                  replay_name: str = "replay", batch_size: int = 1):
-        self.local = self.replay = None
-        self.names: dict[str, str] = {}
+        from .llm import make_backend
+
+        self.by_name: dict[str, Any] = {}
         if model:
-            from .teachers.local import LocalTeacher
-
-            self.local = LocalTeacher(model, batch_size=batch_size)
-            self.local.load()
-            name = served_name or model
-            self.names[name] = "local"
+            self.by_name[served_name or model] = make_backend(f"local:{model}", batch_size=batch_size)
         if replay:
-            from .teachers.replay import ReplayTeacher
-
-            self.replay = ReplayTeacher(None if replay in ("default", "workshop") else replay)
-            self.names[replay_name] = "replay"
-        if not self.names:
+            self.by_name[replay_name] = make_backend("replay" if replay in ("default", "workshop") else f"replay:{replay}")
+        if not self.by_name:
             raise ValueError("serve at least one of --model or --replay")
-        self._lock = threading.Lock()  # one generation at a time on the local model
+        self._lock = threading.Lock()  # one generation at a time on a local model
 
-    def generate_local(self, messages: list[dict], temperature: float, top_p: float, max_tokens: int) -> tuple[str, str, int, int]:
-        from .teachers.base import ChatRequest
+    @property
+    def names(self) -> list[str]:
+        return list(self.by_name)
 
-        req = ChatRequest.make(self.local, messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    def answer(self, name: str, messages: list[dict], temperature: float, top_p: float, max_tokens: int,
+               meta: dict) -> tuple[str, str, int, int]:
+        """(text, finish_reason, prompt tokens, completion tokens); ValueError with the backend's reason."""
+        backend = self.by_name[name]
+        req = ChatRequest.make(backend, messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                               meta=meta)
         with self._lock:
-            rep = self.local.generate([req])[0]
-            tok = self.local.tokenizer
-            n_prompt = len(tok(self.local.render(req.messages))["input_ids"])
-            n_out = len(tok(rep.text or "", add_special_tokens=False)["input_ids"])
+            rep = backend.complete([req])[0]
         if not rep.ok:
             raise ValueError(rep.error)
-        return rep.text, rep.finish_reason or "stop", n_prompt, n_out
+        usage = rep.usage or {"prompt_tokens": sum(len(m["content"].split()) for m in messages),
+                              "completion_tokens": len((rep.text or "").split())}  # replay: words, not tokens
+        return rep.text, rep.finish_reason or "stop", usage["prompt_tokens"], usage["completion_tokens"]
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
@@ -225,25 +215,19 @@ def create_app(backends: Backends, *, latency_s: float = 0.0, faults: FaultPlan 
             await asyncio.sleep(plan.slow_s)
             if await request.is_disconnected():
                 return Response(status_code=499)
-        kind = backends.names.get(model)
-        if kind is None:
+        if model not in backends.by_name:
             return _error(404, f"model {model!r} is not served here; served: {', '.join(backends.names)}",
                           "not_found_error")
         max_tokens = min(int(body.get("max_completion_tokens") or body.get("max_tokens") or 256), max_tokens_cap)
-        if kind == "replay":
-            row = backends.replay.lookup(sid, task)
-            if row is None:
-                return _error(404, f"no replay entry for sample {sid!r} task {task!r} (send them in 'metadata')",
-                              "not_found_error")
-            text, finish = row["text"], "stop"
-            n_prompt, n_out = sum(len(m["content"].split()) for m in messages), len(text.split())
-        else:
-            try:
-                text, finish, n_prompt, n_out = await run_in_threadpool(
-                    backends.generate_local, messages, float(body.get("temperature") or 0.0),
-                    float(body.get("top_p") or 1.0), max_tokens)
-            except ValueError as exc:
-                return _error(400, str(exc))
+        meta = {k: v for k, v in (("sample_id", sid), ("task", task)) if v is not None}
+        try:
+            text, finish, n_prompt, n_out = await run_in_threadpool(
+                backends.answer, model, messages, float(body.get("temperature") or 0.0),
+                float(body.get("top_p") or 1.0), max_tokens, meta)
+        except ValueError as exc:
+            if backends.by_name[model].kind == "replay":
+                return _error(404, f"{exc} (send sample_id and task in 'metadata')", "not_found_error")
+            return _error(400, str(exc))
         state["ok"][label] += 1
         reasoning_field = state["reasoning_field"]
         reasoning, content = split_reasoning(text) if reasoning_field else (None, text)

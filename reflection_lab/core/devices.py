@@ -1,0 +1,117 @@
+"""Pick the device and the precision in one place, and say what was picked.
+
+Why one place: the precision rules are easy to get wrong in every notebook separately
+(a T4 has no bf16; bf16 on a CPU without AVX512-BF16 is 2-5x slower than fp32 here).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class DeviceInfo:
+    device: str  # "cuda", "mps" or "cpu"
+    name: str
+    dtype: str  # compute dtype: "bfloat16", "float16" or "float32"
+    bf16_supported: bool
+    total_memory_gib: float | None
+    bitsandbytes: str  # version, or "missing"
+    bnb_4bit_ok: bool
+    notes: list[str]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    def summary(self) -> str:
+        mem = f", {self.total_memory_gib:.1f} GiB" if self.total_memory_gib else ""
+        lines = [f"device: {self.device} ({self.name}{mem}); compute dtype: {self.dtype}; "
+                 f"bf16: {'yes' if self.bf16_supported else 'no'}; bitsandbytes: {self.bitsandbytes}"
+                 f"{' (4-bit ok)' if self.bnb_4bit_ok else ' (no 4-bit)'}"]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _pkg_version(name: str) -> str:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "missing"
+
+
+def pick_device(prefer: str | None = None, dtype: str | None = None) -> DeviceInfo:
+    """Choose cuda > mps > cpu (or `prefer`), and a compute dtype that is fast and supported there."""
+    import torch
+
+    notes: list[str] = []
+    bnb = _pkg_version("bitsandbytes")
+    if prefer in (None, "auto", "cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        bf16 = torch.cuda.is_bf16_supported()
+        chosen = "bfloat16" if bf16 else "float16"
+        if not bf16:
+            notes.append(f"{props.name} has no bf16 (pre-Ampere, e.g. a T4): using fp16. Do not set bf16=True.")
+        info = DeviceInfo("cuda", props.name, chosen, bf16, props.total_memory / 2**30, bnb, bnb != "missing", notes)
+    elif prefer in (None, "auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        notes.append("bitsandbytes 4-bit is not supported on Apple MPS: use the profile's non-quantized setting.")
+        info = DeviceInfo("mps", "Apple GPU", "float16", False, None, bnb, False, notes)
+    else:
+        if prefer == "cuda":
+            notes.append("CUDA was asked for but torch sees no GPU: running on the CPU.")
+        notes.append("CPU: float32 compute (bf16 is slower on CPUs without AVX512-BF16).")
+        info = DeviceInfo("cpu", platform.processor() or platform.machine(), "float32", False, None, bnb,
+                          bnb != "missing", notes)
+    if dtype and dtype != "auto":
+        if dtype == "bfloat16" and info.device == "cuda" and not info.bf16_supported:
+            raise ValueError(f"{info.name} does not support bfloat16 (a T4 or older GPU). Use dtype='float16'.")
+        info.dtype = dtype
+    return info
+
+
+def environment_report(packages: tuple[str, ...] = ("reflection-lab", "torch", "transformers", "peft", "bitsandbytes",
+                                                       "accelerate", "datasets", "trl", "plotly", "ipywidgets")) -> str:
+    """Versions first, like every good teaching notebook: most bug reports start here."""
+    rows = [f"python {platform.python_version()} on {platform.system()} {platform.machine()}"]
+    rows += [f"{p} {_pkg_version(p)}" for p in packages]
+    return "\n".join(rows)
+
+
+def memory_report(device: str) -> dict:
+    """Current and peak memory in GiB (rounded), for before/after figures and the training manifest."""
+    import torch
+
+    rep: dict[str, float] = {}
+    if device == "cuda" and torch.cuda.is_available():
+        rep = {"allocated_gib": torch.cuda.memory_allocated() / 2**30,
+               "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    else:
+        try:
+            import resource
+
+            rep["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+        except Exception:  # pragma: no cover - non-POSIX
+            pass
+    try:
+        import psutil
+
+        rep["rss_gib"] = psutil.Process().memory_info().rss / 2**30
+    except ImportError:  # pragma: no cover
+        pass
+    return {k: round(v, 4) for k, v in rep.items()}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a GPU or CPU allocation failure (torch's OutOfMemoryError, MemoryError, or the message)."""
+    import torch
+
+    if isinstance(exc, (getattr(torch, "OutOfMemoryError", MemoryError), MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text

@@ -1,0 +1,249 @@
+"""The run directory: how stages hand work to each other and survive interruptions.
+
+Why: notebooks are run on different days, in different kernels, on Colab sessions that
+disconnect. Every stage writes fixed-name artifacts into `<run>/<NN_stage>/` plus a
+`manifest.json` (config, a fingerprint of its inputs, package versions, counts, output
+hashes). A stage whose manifest is complete for the same fingerprint is reused; a stage whose
+inputs are missing says which notebook or command to run first; long stages append to a
+`Journal` so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    folder: str
+    notebook: str
+    command: str
+    requires: tuple[str, ...]
+
+
+STAGES: dict[str, StageInfo] = {
+    "data": StageInfo("01_data", "01_data.ipynb", "reflection-lab data", ()),
+    "reflect": StageInfo("02_reflect", "02_reflect.ipynb", "reflection-lab reflect", ("data",)),
+    "score": StageInfo("03_score", "03_score.ipynb", "reflection-lab score", ("reflect",)),
+    "select": StageInfo("04_select", "04_select.ipynb", "reflection-lab select", ("score",)),
+    "finetune": StageInfo("05_finetune", "05_finetune.ipynb", "reflection-lab finetune", ("select",)),
+    # infer can use the base student, so it only requires data; with an adapter it fingerprints 05 itself.
+    "infer": StageInfo("06_infer", "06_inference.ipynb", "reflection-lab infer", ("data",)),
+    "evaluate": StageInfo("07_evaluate", "07_evaluate.ipynb", "reflection-lab evaluate", ("data", "select")),
+}
+
+# The four versions every sample has from stage 02 on (02_reflect/reflections.jsonl, 03_score/scores.jsonl).
+VARIANTS = ("original", "reflect_instruction", "reflect_response", "reflect_both")
+
+TRACKED_PACKAGES = ("reflection-lab", "torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "trl")
+
+
+class MissingStageError(RuntimeError):
+    """Raised when a stage's inputs are not in the run; the message says what to run first."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """Hash of a file, or of every file under a folder (names and contents, sorted)."""
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write next door, then rename: a reader never sees half a file, even after a kill."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Journal:
+    """Append-only JSONL, flushed and fsynced per record, so `kill -9` loses at most one record.
+
+    On load, a torn last line (the process died mid-write) is cut off, then appending resumes.
+    """
+
+    def __init__(self, path: str | Path, key: str = "key"):
+        self.path = Path(path)
+        self.key = key
+
+    def load(self) -> dict[str, dict]:
+        records: dict[str, dict] = {}
+        if not self.path.exists():
+            return records
+        good_bytes = 0
+        with open(self.path, "rb") as f:
+            for raw in f:
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    break
+                if not raw.endswith(b"\n"):
+                    break
+                records[rec[self.key]] = rec
+                good_bytes += len(raw)
+        if good_bytes != self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(good_bytes)
+        return records
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.load().values())
+
+
+class Run:
+    """One experiment's folder. Stages read earlier artifacts and write their own here."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.root)!r})"
+
+    def stage_dir(self, stage: str) -> Path:
+        d = self.root / STAGES[stage].folder
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def path(self, stage: str, name: str) -> Path:
+        return self.stage_dir(stage) / name
+
+    def manifest(self, stage: str) -> dict | None:
+        p = self.root / STAGES[stage].folder / "manifest.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def require(self, stage: str) -> dict:
+        """The manifest of a finished earlier stage, or an error naming what to run first."""
+        m = self.manifest(stage)
+        info = STAGES[stage]
+        if not m or m.get("status") != "complete":
+            state = "has not been run" if not m else f"did not finish (status: {m.get('status')})"
+            raise MissingStageError(
+                f"Stage '{stage}' {state} in {self.root}. Run notebooks/{info.notebook} "
+                f"or `{info.command} --run {self.root}` first."
+            )
+        for name, digest in m.get("outputs", {}).items():
+            p = self.root / info.folder / name
+            if not p.exists() or sha256_path(p) != digest:
+                raise MissingStageError(
+                    f"Stage '{stage}' output {name} is missing or was changed after the stage finished. "
+                    f"Rerun notebooks/{info.notebook} or `{info.command} --run {self.root}`."
+                )
+        return m
+
+    def fingerprint(self, stage: str, config: dict) -> str:
+        """What a stage's result depends on: its config and the outputs of the stages it reads."""
+        upstream = {}
+        for dep in STAGES[stage].requires:
+            m = self.manifest(dep)
+            upstream[dep] = m.get("outputs") if m else None
+        return stable_hash({"stage": stage, "config": config, "upstream": upstream})
+
+    def is_current(self, stage: str, config: dict) -> bool:
+        """True when the stage finished with exactly this config and these inputs (reuse it)."""
+        m = self.manifest(stage)
+        if not m or m.get("status") != "complete" or m.get("fingerprint") != self.fingerprint(stage, config):
+            return False
+        try:
+            self.require(stage)
+        except MissingStageError:
+            return False
+        return True
+
+    def begin(self, stage: str, config: dict, requires: tuple[str, ...] | None = None) -> str:
+        """Mark a stage as running; returns the fingerprint a journal can be keyed on.
+
+        `requires`: the earlier stages this call reads, when they differ from STAGES (the base student
+        needs no 05_finetune; some evaluation arms need no 02_reflect). Each must be complete.
+        """
+        for dep in STAGES[stage].requires if requires is None else requires:
+            self.require(dep)
+        fp = self.fingerprint(stage, config)
+        old = self.manifest(stage) or {}
+        write_json_atomic(self.stage_dir(stage) / "manifest.json", {
+            "stage": stage, "status": "running", "fingerprint": fp, "config": config,
+            "started": old.get("started") if old.get("fingerprint") == fp else time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": package_versions(),
+        })
+        return fp
+
+    def complete(self, stage: str, config: dict, outputs: list[str], counts: dict | None = None,
+                 extra: dict | None = None) -> dict:
+        d = self.stage_dir(stage)
+        m = self.manifest(stage) or {}
+        m.update({
+            "stage": stage, "status": "complete", "config": config, "fingerprint": self.fingerprint(stage, config),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
+            "counts": counts or {}, "outputs": {name: sha256_path(d / name) for name in outputs},
+        })
+        if extra:
+            m.update(extra)
+        write_json_atomic(d / "manifest.json", m)
+        return m
+
+    def status(self) -> dict[str, str]:
+        out = {}
+        for stage in STAGES:
+            m = self.manifest(stage)
+            out[stage] = m.get("status", "?") if m else "not run"
+        return out

@@ -1,0 +1,275 @@
+"""Stage 01's reading half: instruction data from common formats into one schema, with a report of bad rows.
+
+Why so strict about reporting: selection papers are judged by how many samples they keep, so a
+loader that silently drops rows hides part of the story. Every row read is either kept or
+listed in the report with a reason.
+
+Schema of a training sample: id, instruction, input, output, category (may be ""), plus the
+workshop's own `flaw` / `notes` when present. Eval samples have `reference` instead of
+`output`, and `answer_type` / `numeric_answer` when known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.paths import repo_data_dir
+
+# Column names seen in public instruction datasets, mapped to ours (used only when ours are absent).
+ALIASES = {
+    "instruction": ("instruction", "prompt", "question", "query"),
+    "input": ("input", "context"),
+    "output": ("output", "response", "completion", "answer"),
+    "reference": ("reference", "output", "answer", "response"),
+}
+TEXT_FIELDS = {"train": ("instruction", "input", "output"), "eval": ("instruction", "input", "reference")}
+KEEP_EXTRA = ("category", "flaw", "notes", "answer_type", "numeric_answer")
+
+
+class DataError(ValueError):
+    """Strict-mode failure: the message lists the bad rows."""
+
+
+@dataclass
+class DataReport:
+    source: str
+    rows_read: int = 0
+    kept: int = 0
+    problems: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+
+    def add(self, row: int, reason: str, detail: str, sample_id: str | None = None) -> None:
+        self.problems.append({"row": row, "id": sample_id, "reason": reason, "detail": detail})
+
+    def counts_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.problems:
+            out[p["reason"]] = out.get(p["reason"], 0) + 1
+        return out
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "rows_read": self.rows_read, "kept": self.kept,
+                "dropped": len(self.problems), "counts_by_reason": self.counts_by_reason(),
+                "problems": self.problems, "warnings": self.warnings}
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts_by_reason().items())) or "none"
+        return (f"{self.source}: read {self.rows_read} rows, kept {self.kept}, dropped {len(self.problems)} "
+                f"({reasons}); {len(self.warnings)} warning(s)")
+
+
+NAMED_SOURCES = {"workshop": "workshop.jsonl", "workshop-eval": "workshop_eval.jsonl"}
+
+
+def source_path(source: str | Path) -> Path:
+    """The file or folder a source names ("workshop" and "workshop-eval" live in the project's data/)."""
+    if isinstance(source, str) and source in NAMED_SOURCES:
+        return repo_data_dir() / NAMED_SOURCES[source]
+    return Path(source)
+
+
+def read_rows(source: str | Path, *, fmt: str | None = None, split: str = "train") -> tuple[list[Any], list[dict]]:
+    """Raw rows from a file, a saved `datasets` folder, or a `datasets` hub name.
+
+    Returns (rows, problems) where problems are unreadable lines (invalid JSON) with their numbers.
+    """
+    path = source_path(source)
+    fmt = fmt or _guess_format(path)
+    problems: list[dict] = []
+    if fmt == "jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    problems.append({"row": n, "id": None, "reason": "invalid_json", "detail": f"line {n}: {exc}"})
+                    rows.append(None)  # keeps row numbers aligned with file lines of valid rows
+        return rows, problems
+    if fmt == "json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data = data.get("data") or data.get("rows") or data.get(split)
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of records (Alpaca style)")
+        return data, problems
+    if fmt in ("csv", "parquet"):
+        import pandas as pd
+
+        df = pd.read_csv(path, dtype=object, keep_default_na=False) if fmt == "csv" else pd.read_parquet(path)
+        return df.to_dict(orient="records"), problems
+    if fmt == "datasets_disk":
+        from datasets import DatasetDict, load_from_disk
+
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            ds = ds[split]
+        return list(ds), problems
+    if fmt == "hub":
+        from datasets import load_dataset
+
+        try:
+            ds = load_dataset(str(source), split=split)
+        except Exception as exc:  # noqa: BLE001 - re-raised with a hint
+            raise DataError(f"Could not load dataset {source!r} ({exc}). Offline? Use a local file or 'workshop'.") from exc
+        return list(ds), problems
+    raise DataError(f"unknown data format {fmt!r} for {source}")
+
+
+def _guess_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            return "datasets_disk"
+        raise DataError(f"{path} is a folder but not a saved `datasets` dataset")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".json":
+        return "json"
+    if suffix in (".csv", ".parquet"):
+        return suffix[1:]
+    if not path.exists():
+        return "hub"
+    raise DataError(f"cannot tell the format of {path}; pass fmt= one of jsonl, json, csv, parquet")
+
+
+def _from_conversation(turns: list, report: DataReport, row: int) -> dict | None:
+    """First user -> assistant exchange of a ShareGPT or chat-messages record."""
+    role_of = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+    msgs = []
+    for t in turns:
+        if not isinstance(t, dict):
+            return None
+        role = role_of.get(str(t.get("from", t.get("role", ""))).lower())
+        msgs.append((role, t.get("value", t.get("content"))))
+    users = [i for i, (r, _) in enumerate(msgs) if r == "user"]
+    if not users or users[0] + 1 >= len(msgs) or msgs[users[0] + 1][0] != "assistant":
+        return {}
+    i = users[0]
+    if len(users) > 1:
+        report.warnings.append({"row": row, "reason": "multi_turn",
+                                "detail": f"{len(users)} user turns; only the first exchange is used"})
+    return {"instruction": msgs[i][1], "input": "", "output": msgs[i + 1][1]}
+
+
+def _pick(rec: dict, name: str, column_map: dict[str, str]) -> tuple[bool, Any]:
+    if name in column_map:
+        col = column_map[name]
+        return (col in rec), rec.get(col)
+    for alias in ALIASES.get(name, (name,)):
+        if alias in rec:
+            return True, rec[alias]
+    return False, None
+
+
+def normalize(rows: list[Any], *, kind: str = "train", column_map: dict[str, str] | None = None,
+              max_chars: int | None = 20000, source: str = "data",
+              pre_problems: list[dict] | None = None) -> tuple[list[dict], DataReport]:
+    """Map raw rows onto the schema; every dropped row is in the report with a reason."""
+    column_map = column_map or {}
+    report = DataReport(source=source, rows_read=len(rows))
+    report.problems.extend(pre_problems or [])
+    text_fields = TEXT_FIELDS[kind]
+    answer_field = text_fields[2]
+    seen_content: dict[str, str] = {}
+    seen_ids: set[str] = set()
+    out: list[dict] = []
+    for n, rec in enumerate(rows, 1):
+        if rec is None:
+            continue  # invalid JSON line, already reported
+        if not isinstance(rec, dict):
+            report.add(n, "not_a_record", f"row is {type(rec).__name__}, not an object")
+            continue
+        given_id = rec.get("id")
+        conv = rec.get("conversations") if "conversations" in rec else rec.get("messages")
+        if isinstance(conv, list) and "instruction" not in column_map:
+            fields = _from_conversation(conv, report, n)
+            if fields is None:
+                report.add(n, "bad_conversation", "turns must be objects with from/value or role/content", given_id)
+                continue
+            if not fields:
+                report.add(n, "missing_field", "no user turn followed by an assistant turn", given_id)
+                continue
+            if kind == "eval":
+                fields["reference"] = fields.pop("output")
+        else:
+            fields = {}
+            for name in text_fields:
+                present, value = _pick(rec, name, column_map)
+                if not present and name == "input":
+                    value = ""
+                elif not present:
+                    fields = None
+                    report.add(n, "missing_field", f"no '{column_map.get(name, name)}' field", given_id)
+                    break
+                fields[name] = "" if value is None and name == "input" else value
+            if fields is None:
+                continue
+        bad = [k for k, v in fields.items() if not isinstance(v, str)]
+        if bad:
+            report.add(n, "non_string", f"field(s) {bad} are not strings", given_id)
+            continue
+        empty = [k for k in (text_fields[0], answer_field) if not fields[k].strip()]
+        if empty:
+            report.add(n, "empty_field", f"field(s) {empty} are empty", given_id)
+            continue
+        total = sum(len(v) for v in fields.values())
+        if max_chars and total > max_chars:
+            report.add(n, "too_long", f"{total} characters > max_chars={max_chars}", given_id)
+            continue
+        content_key = hashlib.sha1("\0".join(" ".join(fields[k].split()) for k in text_fields).encode()).hexdigest()
+        sid = str(given_id) if given_id not in (None, "") else f"s-{content_key[:10]}"
+        if content_key in seen_content:
+            report.add(n, "duplicate", f"same text as sample {seen_content[content_key]}", sid)
+            continue
+        if sid in seen_ids:
+            report.add(n, "duplicate_id", f"id {sid!r} already used by another row", sid)
+            continue
+        seen_content[content_key] = sid
+        seen_ids.add(sid)
+        sample = {"id": sid, **fields, "category": str(rec.get("category") or "")}
+        for extra in KEEP_EXTRA[1:]:
+            if extra in rec:
+                sample[extra] = rec[extra]
+        out.append(sample)
+    report.kept = len(out)
+    return out, report
+
+
+def load_samples(source: str | Path, *, kind: str = "train", fmt: str | None = None, split: str = "train",
+                 column_map: dict[str, str] | None = None, max_chars: int | None = 20000,
+                 strict: bool = False) -> tuple[list[dict], DataReport]:
+    """Read and normalise a dataset. strict=True raises DataError on the first bad rows instead of skipping."""
+    rows, problems = read_rows(source, fmt=fmt, split=split)
+    samples, report = normalize(rows, kind=kind, column_map=column_map, max_chars=max_chars,
+                                source=str(source), pre_problems=problems)
+    if strict and report.problems:
+        shown = "; ".join(f"row {p['row']} ({p['id'] or 'no id'}): {p['reason']} - {p['detail']}"
+                          for p in report.problems[:10])
+        more = f" (and {len(report.problems) - 10} more)" if len(report.problems) > 10 else ""
+        raise DataError(f"{source}: {len(report.problems)} bad row(s): {shown}{more}. "
+                        "Fix them, or load with strict=False to skip them and keep the report.")
+    return samples, report
+
+
+def stratified_subset(samples: list[dict], n: int | None) -> list[dict]:
+    """First n samples taking categories in turn, so a small workshop subset still covers every topic."""
+    if n is None or n >= len(samples):
+        return list(samples)
+    by_cat: dict[str, list[dict]] = {}
+    for s in samples:
+        by_cat.setdefault(s.get("category", ""), []).append(s)
+    picked: list[dict] = []
+    queues = [list(v) for _, v in sorted(by_cat.items())]
+    while len(picked) < n:
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    order = {s["id"]: i for i, s in enumerate(samples)}
+    return sorted(picked, key=lambda s: order[s["id"]])

@@ -1,0 +1,77 @@
+"""Stage 01 as a run step: read the training and evaluation data, keep a subset, write the report.
+
+Writes 01_data/samples.jsonl, eval.jsonl and data_report.json. The content hash of a local source
+is part of the fingerprint, so editing the data file makes every later stage stale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.config import ConfigError, StageConfig
+from ..core.runs import Run, sha256_path, write_json_atomic, write_jsonl_atomic
+from .load import load_samples, source_path, stratified_subset
+
+
+@dataclass
+class DataConfig(StageConfig):
+    """Which data, how much of it, and how strictly to read it."""
+
+    STAGE = "data"
+
+    train: str = "workshop"  # a file (JSONL, JSON, CSV, Parquet), a saved `datasets` folder, a hub name or "workshop"
+    eval: str | None = "workshop-eval"  # held-out prompts with reference answers (None: no eval set)
+    n_samples: int | None = None  # a stratified subset of the training data (None: all)
+    n_eval: int | None = None
+    column_map: dict[str, str] = field(default_factory=dict)  # our field -> the file's column
+    strict: bool = False  # stop at the first bad rows instead of skipping and reporting them
+    max_chars: int | None = 20000
+
+    def validate(self) -> None:
+        for name in ("n_samples", "n_eval", "max_chars"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"DataConfig.{name} must be at least 1 (or None for all), not {value}")
+
+    @classmethod
+    def profile_values(cls, profile: Any) -> dict[str, Any]:
+        return {"train": profile.train_data, "eval": profile.eval_data, "n_samples": profile.n_samples,
+                "n_eval": profile.n_eval}
+
+
+def source_hash(source: str | Path | None) -> str | None:
+    """Content hash of a local source (None for a hub name)."""
+    if source is None:
+        return None
+    path = source_path(source)
+    return sha256_path(path) if path.exists() else None
+
+
+def run_data(run: Run, config: DataConfig | None = None, *, force: bool = False, progress: bool = True) -> dict:
+    """Stage 01: write samples.jsonl, eval.jsonl and data_report.json into the run.
+
+    progress is accepted for the stage contract; reading data prints nothing.
+    """
+    c = config or DataConfig()
+    fingerprinted = {**c.as_dict(), "source_hash": source_hash(c.train),
+                     "eval_hash": source_hash(c.eval) if c.eval else None}
+    if not force and run.is_current("data", fingerprinted):
+        return run.manifest("data")
+    run.begin("data", fingerprinted)
+    samples, report = load_samples(c.train, column_map=c.column_map, strict=c.strict, max_chars=c.max_chars)
+    samples = stratified_subset(samples, c.n_samples)
+    reports = {"train": report.as_dict()}
+    outputs = ["samples.jsonl", "data_report.json"]
+    eval_samples: list[dict] = []
+    if c.eval:
+        eval_samples, eval_report = load_samples(c.eval, kind="eval", strict=c.strict, max_chars=c.max_chars)
+        eval_samples = stratified_subset(eval_samples, c.n_eval)
+        reports["eval"] = eval_report.as_dict()
+        write_jsonl_atomic(run.path("data", "eval.jsonl"), eval_samples)
+        outputs.append("eval.jsonl")
+    write_jsonl_atomic(run.path("data", "samples.jsonl"), samples)
+    write_json_atomic(run.path("data", "data_report.json"), reports)
+    counts = {"train": len(samples), "eval": len(eval_samples), "train_dropped": len(report.problems)}
+    return run.complete("data", fingerprinted, outputs, counts)

@@ -1,0 +1,86 @@
+"""Stage 05's settings and its errors: what the fine-tuned result depends on, and messages that say what to change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.config import ConfigError, StageConfig
+
+METHODS = ("qlora", "lora", "full")
+OOM_ADVICE = ("lower batch_size (and raise grad_accum to keep the effective batch), lower max_length, "
+              "use quant4 (method='qlora'), and keep gradient_checkpointing=True")
+
+
+class FinetuneError(RuntimeError):
+    """A training problem with a message that names its cause and what to change."""
+
+
+class FinetuneDataError(FinetuneError):
+    """The training set is empty or too small to train on."""
+
+
+class FinetuneOOMError(FinetuneError):
+    """Training ran out of memory."""
+
+
+@dataclass
+class FinetuneConfig(StageConfig):
+    """Everything the result depends on (it is the stage fingerprint's config)."""
+
+    STAGE = "finetune"
+
+    student: str = "tiny-llama"
+    method: str = "qlora"  # "qlora" (4-bit base + LoRA), "lora" (full-precision base + LoRA), "full"
+    max_steps: int = 30
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    tags_as_special_tokens: bool = False
+    template: str = "chat"  # the chat template, or the '### Instruction' fallback when a model has none
+    system_prompt: str | None = None
+    max_length: int = 1024
+    overflow: str = "truncate"  # an answer over max_length: "truncate" it or "drop" the sample
+    min_samples: int = 4
+    eval_fraction: float = 0.1
+    eval_steps: int | None = None  # None: about 5 evaluations per run
+    save_steps: int | None = None  # None: about 5 checkpoints per run (at most every 50 steps)
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = True
+    group_by_length: bool = True
+    answer_logits_only: bool = True  # project only answer-predicting positions onto the vocabulary (same loss)
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/
+
+    @classmethod
+    def profile_values(cls, profile: Any) -> dict[str, Any]:
+        return dict(student=profile.student, method="qlora" if profile.quant4 else "lora",
+                    max_steps=profile.max_steps, batch_size=profile.batch_size, grad_accum=profile.grad_accum,
+                    learning_rate=profile.learning_rate, lora_r=profile.lora_r, lora_alpha=profile.lora_alpha,
+                    lora_dropout=profile.lora_dropout, tags_as_special_tokens=profile.tags_as_special_tokens,
+                    template=profile.template, max_length=profile.max_length, seed=profile.seed,
+                    dtype=profile.dtype, device=profile.device)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"FinetuneConfig.method must be one of {METHODS}, not {self.method!r}")
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"FinetuneConfig.{name} must be at least 1, not {getattr(self, name)}")
+        if self.overflow not in ("truncate", "drop"):
+            raise ConfigError(f"FinetuneConfig.overflow must be 'truncate' or 'drop', not {self.overflow!r}")
+
+    def auto_steps(self) -> tuple[int, int]:
+        every = max(1, min(50, self.max_steps // 5))
+        return self.save_steps or every, self.eval_steps or every

@@ -1,0 +1,108 @@
+"""The transformers Trainer as stage 05 uses it: arguments, length-grouped batches, answer-only logits."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any
+
+from .config import FinetuneConfig
+from .data import ExampleDataset, LengthGroupedSampler
+
+
+def checkpointing_args(enabled: bool) -> dict:
+    """Activation checkpointing under the TrainingArguments name this transformers knows.
+
+    Why: transformers 5.24 renamed gradient_checkpointing(_kwargs) to activation_checkpointing(_kwargs) and
+    warns on the old names; 5.0, the lab's floor, knows only the old ones.
+    """
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: enabled, f"{key}_kwargs": {"use_reentrant": False}}
+
+
+def training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: bool, world: int = 1) -> Any:
+    from transformers import TrainingArguments
+
+    save_steps, eval_steps = config.auto_steps()
+    cuda = info.device == "cuda"
+    return TrainingArguments(
+        output_dir=str(out_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=float(config.warmup_ratio),  # a float below 1 is a fraction of max_steps
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim=config.optim,
+        logging_steps=1, eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps if has_eval else None,
+        save_strategy="steps", save_steps=save_steps, save_total_limit=config.save_total_limit,
+        seed=config.seed, data_seed=config.seed,
+        use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,  # CPU DDP needs both
+        bf16=cuda and info.dtype == "bfloat16", fp16=cuda and info.dtype == "float16",
+        **checkpointing_args(config.gradient_checkpointing), ddp_find_unused_parameters=False,
+        report_to=[], disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
+        prediction_loss_only=True,  # eval needs the loss only; keeping eval logits costs batch x length x vocab
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, save_only_model=False,
+    )
+
+
+def supports_logits_to_keep(model: Any) -> bool:
+    """True when the causal LM's forward takes `logits_to_keep` (transformers 5 models do)."""
+    base = model
+    while hasattr(base, "get_base_model") and base is not getattr(base, "get_base_model")():
+        base = base.get_base_model()
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def answer_only_loss(model: Any, inputs: dict) -> tuple[Any, int, Any]:
+    """(summed cross-entropy, number of trained tokens, outputs) with logits only where a trained token is next.
+
+    `inputs` holds input_ids, attention_mask, labels (unshifted, -100 where untrained) and the boolean
+    `logits_to_keep` mask from `PadToLongest(keep_logits=True)`. The result equals the model's own
+    loss on full logits (tests check it) without materialising batch x length x vocabulary logits.
+    """
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    keep = inputs["logits_to_keep"]
+    outputs = model(**inputs)
+    target = labels[:, 1:][keep[:, :-1]]  # row-major, the order in which the kept logits come back
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+    return F.cross_entropy(logits.float(), target, reduction="sum"), int(target.numel()), outputs
+
+
+def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleDataset | None, collator: Any,
+                  config: FinetuneConfig, callbacks: list) -> Any:
+    from transformers import Trainer
+
+    class LabTrainer(Trainer):
+        """Trainer with length-grouped batches in an order fixed by (seed, epoch), and answer-only logits."""
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if not config.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(train.lengths, config.batch_size, seed=config.seed)
+
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if "logits_to_keep" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            total, n, outputs = answer_only_loss(model, inputs)
+            # the same normalisation as Trainer.compute_loss with a model that takes num_items_in_batch
+            if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                loss = total / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes
+            else:
+                loss = total / max(n, 1)
+            return (loss, outputs) if return_outputs else loss
+
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = LabTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_ds, data_collator=collator,
+                         callbacks=callbacks)
+    for cb in (PrinterCallback, ProgressCallback):  # the lab's own progress replaces the raw log dicts
+        trainer.remove_callback(cb)
+    return trainer

@@ -1,0 +1,63 @@
+"""Named decoding settings, translated once for transformers' `generate` and for OpenAI-compatible servers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplingPreset:
+    """Named decoding settings. temperature 0 means greedy (deterministic, used for evaluation)."""
+
+    name: str
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = 0
+    note: str = ""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        """Arguments for transformers' `generate`."""
+        kw: dict[str, Any] = {"do_sample": False} if self.greedy else {
+            "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or 0}
+        if self.repetition_penalty:
+            kw["repetition_penalty"] = self.repetition_penalty
+        return kw
+
+    def openai_kwargs(self) -> dict[str, Any]:
+        """Arguments for an OpenAI-compatible chat completion."""
+        kw: dict[str, Any] = {"temperature": max(0.0, self.temperature), "top_p": self.top_p}
+        if not self.greedy and self.seed is not None:
+            kw["seed"] = self.seed
+        return kw
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, SamplingPreset] = {
+    "greedy": SamplingPreset("greedy", note="deterministic; the default for evaluation"),
+    "reflection": SamplingPreset("reflection", temperature=0.7, top_p=0.95,
+                                 note="the settings Reflection 70B's model card suggested"),
+    "creative": SamplingPreset("creative", temperature=1.0, top_p=0.95, top_k=50,
+                               note="more varied text; expect more format slips"),
+}
+
+
+def get_preset(preset: str | SamplingPreset) -> SamplingPreset:
+    if isinstance(preset, SamplingPreset):
+        return preset
+    if preset not in PRESETS:
+        raise KeyError(f"unknown sampling preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def request_preset(temperature: float, top_p: float, seed: int | None = 0) -> SamplingPreset:
+    """The preset a chat request's own sampling fields describe (greedy at temperature 0)."""
+    return SamplingPreset("request", temperature=float(temperature), top_p=float(top_p), seed=seed)

