@@ -4,7 +4,7 @@
 
 Starts the lab's server (replay backend, fixed added latency per request) on a free loopback port,
 sends the same n chat requests (a) one after another with the plain synchronous `openai` client,
-(b) through OpenAITeacher at each concurrency, and prints requests/s and the speed-up over (a).
+(b) through OpenAIModel at each concurrency, and prints requests/s and the speed-up over (a).
 With latency-bound requests the speed-up should approach the concurrency (target: >= 0.8 x c up to 16).
 """
 
@@ -55,8 +55,8 @@ def main() -> None:
 
     from openai import OpenAI
 
-    from reflection_lab.teachers import ChatRequest
-    from reflection_lab.teachers.openai_compat import OpenAITeacher
+    from reflection_lab.llm import ChatRequest
+    from reflection_lab.llm.openai import OpenAIModel
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-reflect-"))
     replay = tmp / "replay.jsonl"
@@ -65,10 +65,10 @@ def main() -> None:
     replay.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc, base = start_server(replay, args.latency_s, tmp / "server.log")
     try:
-        teacher = OpenAITeacher("replay", base_url=base + "/v1", api_key="sk-bench", send_meta=True)
+        teacher = OpenAIModel("replay", base_url=base + "/v1", api_key="sk-bench", send_meta=True)
         reqs = [ChatRequest.make(teacher, [{"role": "user", "content": f"Improve answer {r['sample_id']}."}],
                                  meta={"sample_id": r["sample_id"], "task": r["task"]}) for r in rows]
-        teacher.generate(reqs[:2], concurrency=2)  # warm-up: imports, first connection
+        teacher.complete(reqs[:2], concurrency=2)  # warm-up: imports, first connection
 
         client = OpenAI(base_url=base + "/v1", api_key="sk-bench", max_retries=0)
         t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def main() -> None:
         print(f"{'sequential loop':24s} {seq:8.2f} {seq_rps:8.2f} {1.0:9.2f} {'':>7s}")
         for c in [int(x) for x in args.concurrency.split(",")]:
             t0 = time.perf_counter()
-            out = teacher.generate(reqs, concurrency=c)
+            out = teacher.complete(reqs, concurrency=c)
             dt = time.perf_counter() - t0
             bad = sum(not r.ok for r in out)
             speed = (args.n / dt) / seq_rps

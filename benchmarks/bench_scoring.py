@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from reflection_lab.data import repo_data_dir  # noqa: E402
+from reflection_lab.core.paths import repo_data_dir  # noqa: E402
 from reflection_lab.models import load_model, load_tokenizer  # noqa: E402
 from reflection_lab.scoring import PairEncoder  # noqa: E402
-from reflection_lab.scoring_engine import Item, LossEngine  # noqa: E402
+from reflection_lab.scoring.engine import LossEngine  # noqa: E402
+from reflection_lab.scoring.items import Item  # noqa: E402
+from reflection_lab.scoring.reference import reference_losses  # noqa: E402
 
 
 def reset_peak() -> None:
@@ -60,22 +61,6 @@ def peak_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reference_loop(model, items: list[Item]) -> dict[str, float]:
-    """Batch size 1, every pass on its own (no sharing), full logits, labels-based loss."""
-    out = {}
-    dev = next(model.parameters()).device
-    for it in items:
-        ids = torch.tensor([list(it.prefix) + list(it.target)], device=dev)
-        labels = ids.clone()
-        labels[0, :len(it.prefix)] = -100
-        with torch.no_grad():
-            res = model(input_ids=ids, output_hidden_states=True)
-            logits = res.logits.float()
-            loss = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
-        out[it.key] = loss.item()
-    return out
 
 
 def workload(tok, n: int, max_length: int) -> tuple[list[Item], int]:
@@ -112,7 +97,7 @@ def bench(model_name: str, n: int, max_length: int, batch_tokens: int, device: s
     tokens = sum(len(it) for it in ref_items)
     # Warm-up over the whole workload: the first pass over new shapes allocates and picks kernels, and
     # the reference loop meets far more distinct shapes than the engine (one per sequence length).
-    reference_loop(model, ref_items)
+    reference_losses(model, ref_items, hidden_states=True)
     for mode in modes:
         LossEngine(model, pad_id=pad, batch_tokens=batch_tokens, padding_side=mode).score(ref_items)
 
@@ -125,7 +110,7 @@ def bench(model_name: str, n: int, max_length: int, batch_tokens: int, device: s
     for _ in range(repeat):
         reset_peak()
         t0 = time.perf_counter()
-        ref = reference_loop(model, ref_items)
+        ref = reference_losses(model, ref_items, hidden_states=True)
         ref_times.append(time.perf_counter() - t0)
         out["ref_peak_mib"] = peak_mib()
         for mode in modes:

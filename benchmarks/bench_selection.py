@@ -26,8 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reflection_lab.selection import VARIANTS, SelectionConfig, SelectionTable  # noqa: E402
-from reflection_lab.widgets import ExplorerState, ThresholdExplorer  # noqa: E402
+from reflection_lab.core.runs import VARIANTS  # noqa: E402
+from reflection_lab.selection import SelectConfig, SelectionTable
+from reflection_lab.selection.widgets import ExplorerState, ThresholdExplorer  # noqa: E402
 
 TARGET_MS = 200.0
 
@@ -82,8 +83,8 @@ def main() -> None:
     t2 = time.perf_counter()
     print(f"{args.n:,} samples: rows built in {t1 - t0:.2f} s, SelectionTable in {t2 - t1:.2f} s (once per notebook)")
 
-    decide_ms = best_ms(lambda v: table.evaluate(SelectionConfig(ifd_max=v)), values)
-    decide_topk_ms = best_ms(lambda v: table.evaluate(SelectionConfig(ifd_max=v, top_k_percent=10)), values)
+    decide_ms = best_ms(lambda v: table.evaluate(SelectConfig(ifd_max=v)), values)
+    decide_topk_ms = best_ms(lambda v: table.evaluate(SelectConfig(ifd_max=v, top_k_percent=10)), values)
 
     state = ExplorerState(table)
     state.update()  # first draw: fills the per-variant histogram caches

@@ -1,4 +1,4 @@
-"""Throughput and scaling of reflection_lab.tags on realistic Reflection-format texts.
+"""Throughput and scaling of reflection_lab.format.tags on realistic Reflection-format texts.
 
 Run: ``python benchmarks/bench_tags.py [--quick]``.  For each input size it times
 ``parse`` and ``StreamParser`` fed in chunks of 1, 16 and 4096 characters (best
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reflection_lab.tags import StreamParser, parse
+from reflection_lab.format.tags import StreamParser, parse
 
 PROSE = [
     "Let me work through this carefully, one step at a time.",

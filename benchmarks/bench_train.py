@@ -45,7 +45,7 @@ def bench_rows() -> list[dict]:
     """Workshop pairs twice: with the teacher's long Reflection answer and with the original short answer."""
     from finetune_helpers import workshop_reflection_rows
 
-    from reflection_lab.runs import read_jsonl
+    from reflection_lab.core.runs import read_jsonl
 
     rows = [dict(r, id=f"r-{r['id']}") for r in workshop_reflection_rows()]
     rows += [{"id": f"o-{r['id']}", "instruction": r["instruction"], "input": r.get("input", ""),
@@ -130,10 +130,11 @@ def arm_baseline(a: argparse.Namespace) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments, default_data_collator
 
-    from reflection_lab.devices import pick_device
-    from reflection_lab.finetune import checkpointing_args
+    from reflection_lab.core.devices import pick_device
+    from reflection_lab.finetune.trainer import checkpointing_args
     from reflection_lab.models import load_tokenizer, resolve_model
-    from reflection_lab.training_data import build_format, encode_rows, split_train_eval
+    from reflection_lab.format.chat import build_format
+    from reflection_lab.finetune.data import encode_rows, split_train_eval
 
     cfg = _config(a)
     info = pick_device()

@@ -1,26 +1,46 @@
-"""What every notebook's first cells need: environment report, Colab set-up, profile and run.
+"""What every notebook's first cells need: environment report, Colab set-up, profile, run, expected cost.
 
 Why here and not in the notebooks: the same checks (Colab detection, "restart the runtime",
 T4 without bf16, too little GPU memory) must behave identically in eight notebooks, and tests
-can call them. A notebook's first code cell is just `from reflection_lab.notebook import setup`.
+can call them. A notebook's set-up cell is `profile, run = start("03", PROFILE, RUN_DIR, OVERRIDES)`.
+Each notebook's expected cost is printed from one table (NOTEBOOK_TIMES here, the profiles' own notes
+for the whole lab), so no notebook keeps a copy that can drift.
 """
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import os
 import sys
 from pathlib import Path
 
+from typing import Any
+
 from .core.devices import environment_report, pick_device
-from .core.runtime import on_colab
-from .profiles import get_profile
+from .core.runs import Run
+from .core.runtime import in_notebook, on_colab, package_version
+from .profiles import PROFILES, Profile, get_profile
 
 REPO_URL = "https://github.com/reflection-lab/reflection-lab"
 # Rough GPU memory a profile needs (GiB), for the warning in the first cell.
 PROFILE_GPU_GIB = {"colab-t4": 6.0, "gpu": 12.0}
 _PRELOADED = ("torch", "transformers", "datasets", "accelerate", "peft")
+
+# Each notebook's wall time and, in brackets, its kernel's own CPU time, as tests/test_notebooks.py measured them at
+# the CI sizes (n_samples 8, n_eval 4, 6 training steps of batch 2, 96 new tokens) on a 2-core CPU: "ci" and
+# "offline" while other jobs were using the machine, "idle" in a fresh-clone .ci/run with nothing else running.
+# docs/workshop.md shows the same numbers (tests/test_notebooks.py keeps them equal). GPU profiles: not measured yet.
+NOTEBOOK_TIMES: dict[str, dict[str, str]] = {
+    "00": {"ci": "21 s (9 s)", "offline": "17 s (10 s)", "idle": "6.8 s (6 s)"},
+    "01": {"ci": "10 s (3 s)", "offline": "8 s (3 s)", "idle": "4.5 s (3 s)"},
+    "02": {"ci": "10 s (3 s)", "offline": "7 s (3 s)", "idle": "4.6 s (3 s)"},
+    "03": {"ci": "33 s (14 s)", "offline": "3.0 min (2.6 min)", "idle": "59 s (104 s)"},
+    "04": {"ci": "13 s (5 s)", "offline": "7 s (5 s)", "idle": "6.6 s (5 s)"},
+    "05": {"ci": "75 s (36 s)", "offline": "8.3 min (4.9 min)", "idle": "58 s (100 s)"},
+    "06": {"ci": "27 s (12 s)", "offline": "4.1 min (2.4 min)", "idle": "35 s (46 s)"},
+    "07": {"ci": "3.4 min (100 s)", "offline": "not measured yet", "idle": "2.9 min (323 s)"},
+}
+COST_PROFILES = ("ci", "offline", "colab-t4", "gpu")
 
 
 def _loaded_version(mod: str) -> str | None:
@@ -32,10 +52,8 @@ def restart_needed() -> list[str]:
     """Packages whose imported version differs from the installed one (an install changed them)."""
     stale = []
     for name in _PRELOADED:
-        loaded = _loaded_version(name)
-        try:
-            installed = md.version(name)
-        except md.PackageNotFoundError:
+        loaded, installed = _loaded_version(name), package_version(name)
+        if installed == "missing":
             continue
         if loaded and loaded.split("+")[0] != installed.split("+")[0]:
             stale.append(f"{name} (imported {loaded}, installed {installed})")
@@ -95,3 +113,39 @@ def setup(profile: str = "offline", *, quiet: bool = False) -> dict:
         for w in warnings:
             print("WARNING:", w)
     return report
+
+
+def cost_table(notebook: str) -> str:
+    """This notebook's measured time per profile, beside each profile's own note on the whole lab (markdown)."""
+    t = NOTEBOOK_TIMES.get(notebook, {})
+    measured = {"ci": f"{t.get('ci', 'not measured')} on a busy 2-core CPU",
+                "offline": f"{t.get('offline', 'not measured')} on a busy 2-core CPU; {t.get('idle', 'not measured')} idle"}
+    rows = ["| profile | this notebook at CI sizes: wall (kernel CPU) | whole lab at the profile's sizes | memory |",
+            "| --- | --- | --- | --- |"]
+    for name in COST_PROFILES:
+        p = PROFILES[name]
+        rows.append(f"| `{name}` | {measured.get(name, 'not measured yet')} | {p.time_note} | {p.memory_note} |")
+    return "\n".join(rows)
+
+
+def start(notebook: str, profile: str, run_dir: str, overrides: dict[str, Any] | None = None, *,
+          quiet: bool = False) -> tuple[Profile, Run]:
+    """The set-up cell of notebook `notebook` ("03"): the profile with overrides, the run, and a report.
+
+    Prints versions, the device and warnings (`setup`), this notebook's expected cost, the run directory
+    and which stages it holds. Overrides set to None keep the profile's value.
+    """
+    prof = get_profile(profile, **(overrides or {}))
+    run = Run(run_dir)
+    if not quiet:
+        setup(profile)
+        table = cost_table(notebook)
+        if in_notebook():
+            from IPython.display import Markdown, display
+
+            display(Markdown("**Expected cost**\n\n" + table))
+        else:
+            print(table)
+        print("run directory:", run.root.resolve())
+        print("stages:", run.status())
+    return prof, run

@@ -13,9 +13,9 @@ Options mirror vLLM/DeepSeek where clients care: --reasoning-field puts the text
 <thinking>...</thinking> into message.reasoning_content (or .reasoning) instead of content.
 The server never stores or echoes an Authorization header; /stats only counts that one was sent.
 What answers is a backend of the llm layer (the same local and replay backends stage 02 uses).
+No `from __future__ import annotations` here: FastAPI reads the route functions' annotations at run
+time, and `Request` is imported inside `create_app`.
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio

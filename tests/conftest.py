@@ -38,6 +38,29 @@ def smollm2_path() -> str:
 
 @pytest.fixture
 def run(tmp_path):
-    from reflection_lab.runs import Run
+    from reflection_lab.core.runs import Run
 
     return Run(tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def sharp_students(tmp_path_factory, tiny_llama_path, tiny_gpt2_path) -> dict[str, str]:
+    """Copies of the tiny students ("llama", "gpt2") with weights scaled up, so greedy text varies with the prompt.
+
+    The stock tiny models repeat their last token, which would make a batching or padding test pass trivially.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = {}
+    for name, src in (("llama", tiny_llama_path), ("gpt2", tiny_gpt2_path)):
+        model, tok = AutoModelForCausalLM.from_pretrained(src), AutoTokenizer.from_pretrained(src)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.mul_(4.0)
+        path = tmp_path_factory.mktemp(f"sharp-{name}")
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        out[name] = str(path)
+    return out

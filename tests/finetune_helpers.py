@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from reflection_lab.runs import Run, read_jsonl, write_jsonl_atomic  # noqa: E402
+from reflection_lab.core.runs import Run, read_jsonl, write_jsonl_atomic  # noqa: E402
 
 WORDS = "apples rivers code answer check total model city seven bridge loop sum".split()
 _BETTER = re.compile(r"\[Better Answer\]\s*(.*?)\s*\[End\]", re.S)
@@ -103,8 +103,8 @@ def generate_answers(model, tok, fmt, prompts: list[dict], *, max_new_tokens: in
     """Greedy answers to eval prompts, built with the training prompt format and decoded keeping the tags."""
     import torch
 
-    from reflection_lab.tags import parse
-    from reflection_lab.training_data import decode_keep_tags
+    from reflection_lab.format.tags import parse
+    from reflection_lab.format.chat import decode_keep_tags
 
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
@@ -175,7 +175,7 @@ def _main(argv: list[str]) -> int:
     import argparse
 
     from reflection_lab.finetune import FinetuneConfig, run_finetune
-    from reflection_lab.finetune_callbacks import SleepCallback
+    from reflection_lab.finetune.callbacks import SleepCallback
 
     if argv[:1] == ["smollm2-e2e"]:
         ap = argparse.ArgumentParser()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from reflection_lab.runs import Run, write_jsonl_atomic
+from reflection_lab.core.runs import Run, write_jsonl_atomic
 
 WORDS = "apples rivers code answer check total model city seven bridge loop sum".split()
 

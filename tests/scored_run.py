@@ -17,7 +17,7 @@ import math
 import random
 from typing import Any
 
-from reflection_lab.runs import Run, write_json_atomic, write_jsonl_atomic
+from reflection_lab.core.runs import Run, write_json_atomic, write_jsonl_atomic
 
 VARIANTS = ("original", "reflect_instruction", "reflect_response", "reflect_both")
 S_A, S_Q = 2.0, 3.0  # made-up direct losses; the conditioned ones follow from the wanted ratios

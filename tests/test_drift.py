@@ -527,7 +527,7 @@ def test_a_notebook_cell_is_scanned_with_magics_skipped(tmp_path: Path) -> None:
 
 def test_sampling_presets_pass_only_generate_keywords() -> None:
     """`**preset.hf_kwargs()` is built at run time, so its keys are checked by calling it."""
-    from reflection_lab.inference import PRESETS
+    from reflection_lab.llm.sampling import PRESETS
 
     accepted = accepted_keywords(".generate")
     for name, preset in PRESETS.items():

@@ -26,7 +26,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from reflection_lab.runs import STAGES
+from reflection_lab.core.runs import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -79,10 +79,21 @@ def test_notebook_follows_the_lab_layout(path):
     assert "notebook_params()" in params[0].source
     for name in PARAM_NAMES:
         assert re.search(rf"^{name} = ", params[0].source, re.M), f"parameters cell must set {name}"
-    assert "setup(PROFILE)" in "".join(c.source for c in code[:4])
+    assert f'start("{path.name[:2]}", PROFILE, RUN_DIR' in "".join(c.source for c in code[:4])
     text = "".join(c.source for c in code)
     assert "FigureWidget" not in text, "use go.Figure + fig.show(): FigureWidget needs a front-end extension"
     assert "Try this" in "".join(c.source for c in cells if c.cell_type == "markdown")
+
+
+def test_docs_show_the_same_notebook_times_the_notebooks_print():
+    from reflection_lab.notebook import NOTEBOOK_TIMES
+
+    rows = {line.split("`")[1][:2]: line for line in (ROOT / "docs" / "workshop.md").read_text().splitlines()
+            if re.match(r"\| `\d\d_", line)}
+    assert set(rows) == set(NOTEBOOK_TIMES) == {p.name[:2] for p in NOTEBOOKS}
+    for nb, times in NOTEBOOK_TIMES.items():
+        cells = [c.strip() for c in rows[nb].split("|")[2:5]]
+        assert cells == [times["ci"], times["offline"], times["idle"]], (nb, cells)
 
 
 STAGE_WRITERS = {"01_data": "run_data(", "02_reflect": "run_reflect(", "03_score": "run_score(",

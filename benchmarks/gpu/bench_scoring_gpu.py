@@ -36,9 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from reflection_lab.scoring_engine import Item, LossEngine  # noqa: E402
+from reflection_lab.scoring.engine import LossEngine  # noqa: E402
+from reflection_lab.scoring.items import Item  # noqa: E402
+from reflection_lab.scoring.reference import reference_losses  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' spec sheets, by device-name substring.
 PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
@@ -80,16 +81,9 @@ def make_items(n: int, vocab: int, seed: int = 0, scale: float = 1.0) -> list[It
 
 
 def reference(model, items: list[Item]) -> float:
-    """Batch 1, full logits (+ hidden states, as the public code asks for), fp32 weights."""
-    dev = next(model.parameters()).device
-    for it in items:
-        ids = torch.tensor([list(it.prefix) + list(it.target)], device=dev)
-        labels = ids.clone()
-        labels[0, :len(it.prefix)] = -100
-        with torch.no_grad():
-            out = model(input_ids=ids, output_hidden_states=True)
-            F.cross_entropy(out.logits[0, :-1].float(), labels[0, 1:], ignore_index=-100).item()
-    if dev.type == "cuda":
+    """The package's plain reference loop: batch 1, full logits (+ hidden states, as the public code asks for)."""
+    reference_losses(model, items, hidden_states=True)
+    if next(model.parameters()).device.type == "cuda":
         torch.cuda.synchronize()
     return sum(len(it) for it in items)
 

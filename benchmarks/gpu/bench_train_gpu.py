@@ -114,8 +114,10 @@ def run_arm(arm: str, model_dir: Path, examples: list[dict], a: argparse.Namespa
     import torch
     from transformers import Trainer, default_data_collator
 
-    from reflection_lab.finetune import FinetuneConfig, _make_trainer, _training_args, build_model
-    from reflection_lab.training_data import ExampleDataset, PadToLongest
+    from reflection_lab.finetune import FinetuneConfig
+    from reflection_lab.finetune.trainer import make_trainer, training_args
+    from reflection_lab.finetune.model import build_model
+    from reflection_lab.finetune.data import ExampleDataset, PadToLongest
 
     gc.collect()
     if torch.cuda.is_available():
@@ -138,10 +140,10 @@ def run_arm(arm: str, model_dir: Path, examples: list[dict], a: argparse.Namespa
     with tempfile.TemporaryDirectory() as tmp:
         for phase, steps in (("warmup", a.warmup), ("timed", a.steps)):
             cfg.max_steps = steps
-            args = _training_args(cfg, Path(tmp) / phase, info, has_eval=False)  # save_steps 10**6: no saves
+            args = training_args(cfg, Path(tmp) / phase, info, has_eval=False)  # save_steps 10**6: no saves
             timing = _Timing()
             if arm == "lab":
-                trainer = _make_trainer(model, args, data, None, collator, cfg, [timing.cb])
+                trainer = make_trainer(model, args, data, None, collator, cfg, [timing.cb])
             else:
                 from transformers.trainer_callback import PrinterCallback
 
@@ -177,7 +179,7 @@ def main() -> int:
     a = ap.parse_args()
     import torch
 
-    from reflection_lab.devices import pick_device
+    from reflection_lab.core.devices import pick_device
 
     if a.dry_run:
         shape, a.samples, a.batch_size, a.min_len, a.max_len, a.warmup = TINY, 32, 4, 8, 64, 1

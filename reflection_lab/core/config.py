@@ -61,8 +61,10 @@ def _matches(value: Any, tp: Any) -> bool:
 def _coerce(value: Any, tp: Any) -> Any:
     """Lists for tuple fields (JSON has no tuples) and ints for float fields (1 and 1.0 fingerprint alike)."""
     options = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
-    if isinstance(value, list) and any(typing.get_origin(o) is tuple for o in options):
-        return tuple(value)
+    tuples = [o for o in options if typing.get_origin(o) is tuple]
+    if isinstance(value, (list, tuple)) and tuples:
+        item = (typing.get_args(tuples[0]) or (Any,))[0]
+        return tuple(_coerce(v, item) for v in value)
     if isinstance(value, int) and not isinstance(value, bool) and float in options and int not in options:
         return float(value)
     return value

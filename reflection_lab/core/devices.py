@@ -6,9 +6,10 @@ Why one place: the precision rules are easy to get wrong in every notebook separ
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import platform
 from dataclasses import asdict, dataclass
+
+from .runtime import package_version
 
 
 @dataclass
@@ -39,19 +40,12 @@ class DeviceInfo:
         return "\n".join(lines)
 
 
-def _pkg_version(name: str) -> str:
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return "missing"
-
-
 def pick_device(prefer: str | None = None, dtype: str | None = None) -> DeviceInfo:
     """Choose cuda > mps > cpu (or `prefer`), and a compute dtype that is fast and supported there."""
     import torch
 
     notes: list[str] = []
-    bnb = _pkg_version("bitsandbytes")
+    bnb = package_version("bitsandbytes")
     if prefer in (None, "auto", "cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         bf16 = torch.cuda.is_bf16_supported()
@@ -79,7 +73,7 @@ def environment_report(packages: tuple[str, ...] = ("reflection-lab", "torch", "
                                                        "accelerate", "datasets", "trl", "plotly", "ipywidgets")) -> str:
     """Versions first, like every good teaching notebook: most bug reports start here."""
     rows = [f"python {platform.python_version()} on {platform.system()} {platform.machine()}"]
-    rows += [f"{p} {_pkg_version(p)}" for p in packages]
+    rows += [f"{p} {package_version(p)}" for p in packages]
     return "\n".join(rows)
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .runtime import package_version
+
 
 @dataclass(frozen=True)
 class StageInfo:
@@ -72,15 +74,7 @@ def stable_hash(obj: Any) -> str:
 
 
 def package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "missing"
-    return out
+    return {name: package_version(name) for name in TRACKED_PACKAGES}
 
 
 def write_text_atomic(path: Path, text: str) -> None:

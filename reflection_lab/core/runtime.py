@@ -6,9 +6,18 @@ need one of these answers, and two detections of the same thing drift apart.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
 import sys
 from typing import Callable
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "missing"."""
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "missing"
 
 
 def in_notebook() -> bool:

@@ -176,11 +176,10 @@ class LocalModel:
 
         As a teacher or judge pass system_prompt=None: their requests carry their own system messages.
         """
-        from ..core.devices import pick_device
         from ..models import load_model, load_tokenizer
 
         tok = load_tokenizer(spec, padding_side="left")
-        lm = load_model(spec, quant4=quant4, info=pick_device(device, dtype))
+        lm = load_model(spec, quant4=quant4, device=device, dtype=dtype)
         return cls(lm, tok, name=spec, system_prompt=system_prompt, template=template, batch_size=batch_size)
 
     def describe(self) -> dict[str, Any]:

@@ -84,11 +84,12 @@ def bnb_config(info: DeviceInfo):
                               bnb_4bit_compute_dtype=info.torch_dtype())
 
 
-def load_model(spec: str, *, quant4: bool = False, info: DeviceInfo | None = None, dtype: str | None = None):
-    """Load a causal LM on the chosen device, optionally in 4-bit NF4."""
+def load_model(spec: str, *, quant4: bool = False, info: DeviceInfo | None = None, dtype: str | None = None,
+               device: str | None = None):
+    """Load a causal LM on the chosen device (`info`, else picked from `device` and `dtype`), optionally in 4-bit."""
     from transformers import AutoModelForCausalLM
 
-    info = info or pick_device(dtype=dtype)
+    info = info or pick_device(device, dtype)
     path = resolve_model(spec)
     kwargs: dict = {"dtype": info.torch_dtype()}
     if quant4:

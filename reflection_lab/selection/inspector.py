@@ -19,6 +19,7 @@ import ipywidgets as W
 import numpy as np
 
 from ..core.runs import VARIANTS, Run
+from ..core.runtime import in_notebook
 from .html import CELL, TEXT, JsonlIndex, diff_html, esc, prompt_text, token_heatmap_html
 from .rules import FORMS, OUTCOMES, SelectConfig
 from .table import Selection, SelectionTable
@@ -41,12 +42,7 @@ def config_from_run(run: Run | None) -> SelectConfig | None:
 
 def display_figures(out: W.Output, figures: Sequence[Any]) -> bool:
     """Redraw figures into an Output widget; only inside a kernel (elsewhere display() would print)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
-        return False
-    shell = get_ipython()
-    if shell is None or not hasattr(shell, "kernel"):
+    if not in_notebook():
         return False
     from IPython.display import display
 

@@ -3,7 +3,7 @@
 Why two viewers: the notebook's own viewer runs the fine-tuned SmolLM2 student, which after six CPU
 steps rarely writes well-formed tags, so whether its tag panes fill is reported, not asserted (its status
 pane must still show a finished generation after the click). The deterministic check adds a cell through
-the page, the way a person would, with a viewer on `reflection_lab.inference.ScriptedModel`: its
+the page, the way a person would, with a viewer on `reflection_lab.llm.scripted.ScriptedModel`: its
 thinking, reflection and output panes must fill, live, after a click on Generate.
 """
 
@@ -24,9 +24,9 @@ SCRIPT = ("<thinking>\nThe question asks for 15% of 80. 0.15 * 80 = 10.\n<reflec
           "So the answer is 12.\n</thinking>\n<output>\n15% of 80 is 12.\n</output>")
 SCRIPT_CELL = (
     "# Added by tests/browser: a scripted backend makes the live viewer deterministic.\n"
-    "from reflection_lab.inference import ScriptedModel\n"
-    "from reflection_lab.viewer import viewer as rl_viewer\n"
-    f"scripted = ScriptedModel({SCRIPT!r}, name='scripted', chunk_chars=3, delay_s=0.04)\n"
+    "from reflection_lab.llm.scripted import ScriptedModel\n"
+    "from reflection_lab.inference.viewer import viewer as rl_viewer\n"
+    f"scripted = ScriptedModel({SCRIPT!r}, model='scripted', chunk_chars=3, delay_s=0.04)\n"
     "scripted_viewer = rl_viewer(scripted, prompt='What is 15% of 80?', title='scripted (browser test)')\n"
     "display(scripted_viewer.ui)\n")
 

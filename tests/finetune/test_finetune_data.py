@@ -1,0 +1,154 @@
+"""Training text for stage 05: exact answer spans, padding masks, templates, tags, overflow, batching."""
+
+from __future__ import annotations
+
+import pytest
+
+from reflection_lab.format.chat import (FALLBACK_TEMPLATE, add_reflection_tokens, build_format, decode_keep_tags,
+                                        tags_are_single_tokens)
+from reflection_lab.finetune.data import (LengthGroupedSampler, PadToLongest, encode_example, encode_rows,
+                                          split_train_eval)
+
+ANSWER = "<thinking>\nAdd 3 and 4.\n<reflection>\nCheck: 3 + 4 = 7.\n</reflection>\n</thinking>\n<output>\n7\n</output>"
+
+
+@pytest.fixture
+def tok(tiny_llama_path):
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(tiny_llama_path)
+    t.padding_side = "right"
+    return t
+
+
+def _trained(ex: dict) -> list[int]:
+    return [i for i, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
+
+
+def test_only_the_answer_and_the_end_marker_are_trained(tok):
+    fmt = build_format(tok, "chat")
+    assert fmt.template == "chat" and fmt.end_text == "<|end|>"
+    ex, reason, cut = encode_example(fmt, tok, "What is 3 + 4?", "", ANSWER, max_length=512)
+    assert reason is None and not cut
+    answer_ids = tok(ANSWER, add_special_tokens=False)["input_ids"]
+    assert _trained(ex) == answer_ids + fmt.end_ids
+    n_prompt = len(ex["input_ids"]) - len(answer_ids) - len(fmt.end_ids)
+    assert ex["labels"][:n_prompt] == [-100] * n_prompt
+    assert ex["input_ids"][:n_prompt] == fmt.prompt_ids(tok, "What is 3 + 4?")
+    assert tok.decode(_trained(ex)) == ANSWER + "<|end|>"
+    # the prompt is exactly the chat template's generation prompt (with the tokenizer's BOS)
+    assert tok.decode(ex["input_ids"][:n_prompt]) == "<|bos|>" + tok.apply_chat_template(
+        [{"role": "user", "content": "What is 3 + 4?"}], tokenize=False, add_generation_prompt=True)
+
+
+def test_separate_tokenisation_keeps_the_boundary_where_joint_tokenisation_would_move_it(tok):
+    fmt = build_format(tok, "plain")  # prompt ends with "\n": a merge across the boundary is possible
+    ex, _, _ = encode_example(fmt, tok, "Say apples", "", "apples", max_length=128)
+    assert tok.decode(_trained(ex)) == "apples" + fmt.end_text
+
+
+def test_padding_is_masked_by_position_even_when_pad_equals_the_end_token(tok):
+    tok.pad_token = tok.eos_token  # SmolLM2: pad == eos == <|im_end|>
+    fmt = build_format(tok, "chat")
+    rows = [{"id": "a", "instruction": "Hi", "output": "Hello there, how are you today?"},
+            {"id": "b", "instruction": "Hi", "output": "Yo"}]
+    exs, _ = encode_rows(rows, fmt, tok, max_length=256)
+    batch = PadToLongest(tok.pad_token_id)(exs)
+    short = batch["labels"][1]
+    n = exs[1]["length"]
+    assert short[n - 1].item() == tok.eos_token_id  # the end marker (== pad id) is trained ...
+    assert (short[n:] == -100).all()                  # ... but padding with the same id is not
+    assert batch["attention_mask"][1, :n].all() and not batch["attention_mask"][1, n:].any()
+    assert batch["input_ids"].shape[1] == max(e["length"] for e in exs)
+
+
+def test_model_without_chat_template_falls_back_with_a_note(tok):
+    tok.chat_template = None
+    fmt = build_format(tok, "chat")
+    assert fmt.template == FALLBACK_TEMPLATE
+    assert fmt.end_text == tok.eos_token
+    assert fmt.notes and "no chat template" in fmt.notes[0]
+    text = fmt.prompt_text(tok, "Add 2 and 2", "")
+    assert "### Instruction:" in text and text.endswith("### Response:\n")
+    ex, _, _ = encode_example(fmt, tok, "Add 2 and 2", "", "4", max_length=256)
+    assert tok.decode(_trained(ex)) == "4" + tok.eos_token
+
+
+def test_system_prompt_is_part_of_the_prompt(tok):
+    fmt = build_format(tok, "chat", system_prompt="Think inside <thinking> tags.")
+    assert fmt.prompt_text(tok, "Q").startswith("<|system|>\nThink inside <thinking> tags.<|end|>\n<|user|>\nQ")
+
+
+def test_overflow_truncate_drop_and_report(tok):
+    fmt = build_format(tok, "chat")
+    long = " ".join(["apples rivers code"] * 80)
+    rows = [{"id": "ok", "instruction": "Q", "output": "short answer"},
+            {"id": "long", "instruction": "Q", "output": long},
+            {"id": "empty", "instruction": "Q", "output": "  "},
+            {"id": "bigprompt", "instruction": long, "output": "x"}]
+    exs, rep = encode_rows(rows, fmt, tok, max_length=64, overflow="truncate")
+    assert [e["id"] for e in exs] == ["ok", "long"] and rep.truncated == 1
+    cut = exs[1]
+    assert cut["length"] == 64 and cut["input_ids"][-1] not in fmt.end_ids  # a cut answer gets no end marker
+    assert rep.dropped == {"empty answer": 1, "prompt longer than max_length": 1}
+    exs, rep = encode_rows(rows, fmt, tok, max_length=64, overflow="drop")
+    assert [e["id"] for e in exs] == ["ok"] and rep.dropped["longer than max_length"] == 1
+    assert "1 of 4 rows kept" in rep.summary()
+
+
+def test_tags_become_single_special_tokens_and_decoding_keeps_them(tiny_llama_path, tok):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
+    n_before = model.get_input_embeddings().weight.shape[0]
+    assert not tags_are_single_tokens(tok)
+    ids = add_reflection_tokens(tok, model)
+    assert tags_are_single_tokens(tok) and len(set(ids)) == 6
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == n_before + 6
+    assert model.get_output_embeddings().weight.shape[0] == len(tok)
+    fmt = build_format(tok, "chat", tags_as_special_tokens=True)
+    assert fmt.tag_ids == ids
+    ex, _, _ = encode_example(fmt, tok, "What is 3 + 4?", "", ANSWER, max_length=512)
+    trained = _trained(ex)
+    assert sum(t in ids for t in trained) == 6  # each tag is exactly one trained token
+    # the pitfall: skip_special_tokens=True silently deletes every tag
+    assert "<thinking>" not in tok.decode(trained, skip_special_tokens=True)
+    text = decode_keep_tags(tok, trained + [tok.pad_token_id])
+    assert text == ANSWER  # tags kept; <|end|> and padding dropped
+    from reflection_lab.format.tags import parse
+
+    assert parse(text).well_formed
+    # adding twice changes nothing
+    assert add_reflection_tokens(tok, model) == ids and len(tok) == n_before + 6
+
+
+def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
+    import random
+
+    rng = random.Random(1)
+    lengths = [rng.randint(5, 400) for _ in range(203)]
+    s = LengthGroupedSampler(lengths, batch_size=4, seed=3)
+    a0 = list(s)
+    assert sorted(a0) == list(range(203))
+    s.set_epoch(1)
+    a1 = list(s)
+    assert a1 != a0
+    fresh = LengthGroupedSampler(lengths, batch_size=4, seed=3)
+    fresh.set_epoch(1)
+    assert list(fresh) == a1  # a resumed run sees the same batches in the same epoch
+    assert max(lengths[i] for i in a0[:4]) == max(lengths)  # longest batch first: OOM shows at step 1
+
+    def padded(order):
+        batches = [order[k:k + 4] for k in range(0, len(order), 4)]
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    shuffled = list(range(203))
+    random.Random(0).shuffle(shuffled)
+    assert padded(a0) < 0.7 * padded(shuffled)
+
+
+def test_split_is_seeded_and_skips_tiny_sets():
+    rows = [{"id": str(i)} for i in range(30)]
+    tr, ev = split_train_eval(rows, 0.1, seed=0)
+    assert len(ev) == 3 and len(tr) == 27 and split_train_eval(rows, 0.1, seed=0) == (tr, ev)
+    assert split_train_eval(rows[:5], 0.1, seed=0) == (rows[:5], [])
