@@ -30,7 +30,7 @@ def _common(sp: argparse.ArgumentParser) -> None:
 def _evaluate_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--arms", help="comma-separated subset of base,original,reflected,selected,random "
                          "(default: the profile's eval_arms; offline: base,selected)")
-    sp.add_argument("--judge", help="pairwise judge, a teacher spec: openai | openai:<model> | local:<model>")
+    sp.add_argument("--judge", help="pairwise judge, a backend spec: openai | openai:<model> | local:<model>")
     sp.add_argument("--judge-model", help="model name for the judge endpoint")
     sp.add_argument("--n-eval", type=int, help="evaluate on a stratified subset of this many held-out prompts")
     sp.add_argument("--eval-data", help="evaluate on another dataset (file, saved dataset folder or hub name)")
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--train", help="training data: file, saved dataset folder, hub name or 'workshop'")
             sp.add_argument("--eval", help="evaluation data (default: workshop-eval)")
             sp.add_argument("--column-map", help="e.g. instruction=prompt,output=response")
-            sp.add_argument("--strict", action="store_true", help="stop on the first bad rows")
+            sp.add_argument("--strict", action="store_true", default=None, help="stop on the first bad rows")
         if stage == "reflect":
             sp.add_argument("--teacher", help="replay | replay:<file> | openai | openai:<model> | local:<model>")
             sp.add_argument("--style", choices=["reflection", "plain"], help="answer format asked of the teacher")

@@ -35,12 +35,6 @@ def stage_parts(stage: str) -> tuple[type, Callable[..., dict]]:
     return getattr(mod, config_name), getattr(mod, fn_name)
 
 
-def stage_config(stage: str, profile: Profile, **overrides: Any) -> Any:
-    """The stage's config from a profile, with overrides (unknown names or bad values fail with a message)."""
-    config_cls, _ = stage_parts(stage)
-    return config_cls.from_profile(profile, **overrides)
-
-
 def run_stage(stage: str, run: Run, profile: Profile, *, overrides: dict[str, Any] | None = None,
               force: bool = False, progress: bool = True) -> dict:
     """One stage with the profile's settings (and overrides of its config fields); returns its manifest."""

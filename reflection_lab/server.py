@@ -75,7 +75,7 @@ class Backends:
             self.by_name[replay_name] = make_backend("replay" if replay in ("default", "workshop") else f"replay:{replay}")
         if not self.by_name:
             raise ValueError("serve at least one of --model or --replay")
-        self._lock = threading.Lock()  # one generation at a time on a local model
+        self._locks = {name: threading.Lock() for name in self.by_name}  # one request at a time per backend
 
     @property
     def names(self) -> list[str]:
@@ -87,7 +87,7 @@ class Backends:
         backend = self.by_name[name]
         req = ChatRequest.make(backend, messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                meta=meta)
-        with self._lock:
+        with self._locks[name]:
             rep = backend.complete([req])[0]
         if not rep.ok:
             raise ValueError(rep.error)

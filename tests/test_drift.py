@@ -36,8 +36,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Receivers whose `.generate(...)` is a transformers model; `teacher.generate`, `judge.generate`,
-# `v.generate` (viewer), `self.local.generate` (server) are the lab's own and take the lab's arguments.
+# Receivers whose `.generate(...)` is a transformers model; on anything else (a backend of the llm layer:
+# `base.generate`, `v.generate` of a viewer) `.generate` is the lab's own and takes the lab's arguments.
 HF_MODEL_RECEIVERS = frozenset({"model", "lm", "tuned", "merged", "student", "base_model", "peft_model"})
 
 

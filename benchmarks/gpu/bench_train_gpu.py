@@ -139,7 +139,7 @@ def run_arm(arm: str, model_dir: Path, examples: list[dict], a: argparse.Namespa
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for phase, steps in (("warmup", a.warmup), ("timed", a.steps)):
-            cfg.max_steps = steps
+            cfg = cfg.replace(max_steps=steps)
             args = training_args(cfg, Path(tmp) / phase, info, has_eval=False)  # save_steps 10**6: no saves
             timing = _Timing()
             if arm == "lab":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import fields, replace
+from pathlib import PurePath
 from typing import Any, ClassVar, Literal, Union
 
 
@@ -67,6 +68,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         return tuple(_coerce(v, item) for v in value)
     if isinstance(value, int) and not isinstance(value, bool) and float in options and int not in options:
         return float(value)
+    if isinstance(value, PurePath) and str in options:
+        return str(value)  # a data file or folder given as a Path
     return value
 
 
@@ -85,7 +88,8 @@ class StageConfig:
     """Mixin for the `<Stage>Config` dataclasses (frozen or not): checked fields, `from_profile`, fingerprint dict.
 
     Subclasses set STAGE, may list RUNTIME fields (speed, display: not part of the result) and override
-    `profile_values` (which profile fields feed which config fields) and `validate` (value checks).
+    `profile_values` (which profile fields feed which config fields), `adjust` (a default that depends on
+    another field) and `validate` (value checks). Configs are frozen: `config.replace(field=value)`.
     """
 
     STAGE: ClassVar[str] = ""
@@ -104,11 +108,17 @@ class StageConfig:
         return {}
 
     @classmethod
+    def adjust(cls, values: dict[str, Any], profile: Any) -> dict[str, Any]:
+        """Defaults that depend on other fields, applied after the profile, its extra and the overrides."""
+        return values
+
+    @classmethod
     def from_profile(cls, profile: Any, **overrides: Any) -> Any:
         """The profile's settings for this stage; `profile.extra[STAGE]`, then keyword overrides, win."""
         values = cls.profile_values(profile)
         values.update((getattr(profile, "extra", None) or {}).get(cls.STAGE, {}))
         values.update(overrides)
+        values = cls.adjust(values, profile)
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
@@ -116,7 +126,8 @@ class StageConfig:
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings the stage's result depends on (its fingerprint's config)."""
+        """The settings the stage's result depends on: its fingerprint's config, or what that is derived from
+        (reflect fingerprints the resolved teacher's description, infer the resolved student and adapter)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUNTIME}  # type: ignore[arg-type]
 
     def runtime(self) -> dict[str, Any]:

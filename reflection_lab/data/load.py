@@ -258,6 +258,13 @@ def load_samples(source: str | Path, *, kind: str = "train", fmt: str | None = N
     return samples, report
 
 
+def check_unique_ids(rows: list[dict], source: str) -> None:
+    """Refuse rows with a repeated id: later stages key journals and results by id."""
+    ids = [str(r["id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{source} has repeated ids; rerun stage 01 (it makes ids unique)")
+
+
 def stratified_subset(samples: list[dict], n: int | None) -> list[dict]:
     """First n samples taking categories in turn, so a small workshop subset still covers every topic."""
     if n is None or n >= len(samples):

@@ -15,7 +15,7 @@ from ..core.runs import Run, sha256_path, write_json_atomic, write_jsonl_atomic
 from .load import load_samples, source_path, stratified_subset
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig(StageConfig):
     """Which data, how much of it, and how strictly to read it."""
 

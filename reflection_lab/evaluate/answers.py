@@ -1,17 +1,15 @@
-"""One arm's answers and their scores: greedy generations (journalled), the reference-answer loss, per-prompt rows.
+"""One arm's scores: the reference-answer loss and the per-prompt rows of generations/<arm>.jsonl.
 
-Generation goes through stage 06's `generate_journalled`, so a killed evaluation resumes with the
-prompts not yet answered, exactly as stage 06 does. The loss of the reference answer after the
-arm's own prompt goes through the scoring engine (exact spans).
+(Its answers come from stage 06's `generate_journalled`, so a killed evaluation resumes with the
+prompts not yet answered.) The loss of the reference answer after the arm's own prompt goes through
+the scoring engine (exact spans).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..core.runs import stable_hash
-from ..inference.stage import generate_journalled
 from ..scoring.items import Item
 from .metrics import score_answer
 
@@ -19,15 +17,6 @@ from .metrics import score_answer
 def prompt_sha(row: dict) -> str:
     """What a stored answer must match to be reused: the prompt and its reference."""
     return stable_hash([row.get("instruction", ""), row.get("input", "") or "", row.get("reference", "")])[:16]
-
-
-def generate_arm(lm: Any, rows: list[dict], journal_path: Path, arm_key: str, *, max_new_tokens: int,
-                 batch_size: int = 8, progress: bool = True, label: str = "") -> list[dict]:
-    """Greedy answers for every row, journalled one by one; rows answered before (same key) are reused."""
-    out, _ = generate_journalled(lm, rows, journal_path, identity=arm_key, preset="greedy",
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                                 desc=f"{label} generations")
-    return out
 
 
 def reference_answer_losses(lm: Any, rows: list[dict], *, max_length: int, batch_tokens: int = 4096) -> list[dict]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.config import ConfigError
 from ..core.runs import (MissingStageError, Run, read_jsonl, sha256_path, stable_hash, write_json_atomic,
                          write_jsonl_atomic)
 
@@ -63,10 +64,12 @@ class ArmData:
 def check_arms(arms: Any) -> tuple[str, ...]:
     arms = (arms,) if isinstance(arms, str) else tuple(arms)
     bad = [a for a in arms if a not in ARMS]
-    if bad or not arms:
-        raise ValueError(f"unknown arm(s) {bad}; choose from {ARMS}")
+    if bad:
+        raise ConfigError(f"EvaluateConfig.arms: unknown arm(s) {bad}; choose from {ARMS}")
+    if not arms:
+        raise ConfigError(f"EvaluateConfig.arms is empty; choose from {ARMS}")
     if len(set(arms)) != len(arms):
-        raise ValueError(f"arms listed twice: {arms}")
+        raise ConfigError(f"EvaluateConfig.arms lists an arm twice: {arms}")
     return arms
 
 

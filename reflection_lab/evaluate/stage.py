@@ -40,8 +40,10 @@ from typing import Any, Sequence
 from ..core.config import ConfigError, StageConfig
 from ..core.runs import Run, read_jsonl, stable_hash, write_json_atomic, write_jsonl_atomic
 from ..finetune.config import FinetuneConfig
-from ..format.chat import system_prompt_text
-from .answers import arm_rows, generate_arm, prompt_sha, reference_answer_losses
+from ..data import check_unique_ids
+from ..format.chat import SystemPrompt, system_prompt_text
+from ..inference.stage import generate_journalled
+from .answers import arm_rows, prompt_sha, reference_answer_losses
 from .arms import (ARM_TITLES, ARMS, ArmSkipped, arm_data, check_arms, inputs_digest, parent_finetune_reusable,
                    required_stages, train_arm)
 from .metrics import CI_LEVEL, METRICS, N_BOOT, REL_TOL
@@ -51,7 +53,7 @@ OUTPUTS = ["metrics.json", "report.html", "report_offline.html", "generations"]
 JUDGE_VIEWS = ("output", "full")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluateConfig(StageConfig):
     """The arms, the prompts, the judge, the intervals; and how each arm is trained and asked (from the profile)."""
 
@@ -69,7 +71,7 @@ class EvaluateConfig(StageConfig):
     judge_reference: bool = True  # show the judge the dataset's reference answer
     n_boot: int = N_BOOT
     level: float = CI_LEVEL
-    base_system_prompt: str | None = "reflection"  # how the base arm is asked for the format
+    base_system_prompt: str | SystemPrompt | None = "reflection"  # how the base arm is asked for the format
     batch_size: int = 8
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # every trained arm, and the base student
     max_new_tokens: int = 256
@@ -80,6 +82,7 @@ class EvaluateConfig(StageConfig):
 
     def validate(self) -> None:
         check_arms(self.arms)
+        self.pairs()
         if self.judge_view not in JUDGE_VIEWS:
             raise ConfigError(f"EvaluateConfig.judge_view must be one of {JUDGE_VIEWS}, not {self.judge_view!r}")
         if not 0 < self.level < 1:
@@ -90,17 +93,17 @@ class EvaluateConfig(StageConfig):
 
     @classmethod
     def profile_values(cls, profile: Any) -> dict[str, Any]:
-        return {"arms": tuple(a.strip() for a in profile.eval_arms.split(",") if a.strip()),
+        return {"arms": profile.eval_arms,
                 "finetune": FinetuneConfig.from_profile(profile), "max_new_tokens": profile.max_new_tokens,
                 "max_length": profile.max_length, "score_batch_tokens": profile.score_batch_tokens,
                 "profile": profile.name, "n_samples": profile.n_samples}
 
     @classmethod
-    def from_profile(cls, profile: Any, **overrides: Any) -> "EvaluateConfig":
-        """As every stage; `arms` may also be given as "base,selected"."""
-        if isinstance(overrides.get("arms"), str):
-            overrides["arms"] = tuple(a.strip() for a in overrides["arms"].split(",") if a.strip())
-        return super().from_profile(profile, **overrides)
+    def adjust(cls, values: dict[str, Any], profile: Any) -> dict[str, Any]:
+        """`arms` may be written "base,selected" (the profile's eval_arms, the CLI's --arms)."""
+        if isinstance(values.get("arms"), str):
+            values["arms"] = tuple(a.strip() for a in values["arms"].split(",") if a.strip())
+        return values
 
     def as_dict(self) -> dict[str, Any]:
         return {**super().as_dict(), "finetune": self.finetune.as_dict()}
@@ -108,9 +111,7 @@ class EvaluateConfig(StageConfig):
     def make_judge(self) -> Any:
         from ..llm import make_backend
 
-        if self.judge is None:
-            return None
-        return make_backend(self.judge, **({"model": self.judge_model} if self.judge_model else {}))
+        return None if self.judge is None else make_backend(self.judge, model=self.judge_model)
 
     def pairs(self) -> list[tuple[str, str]]:
         """The judged pairs: as configured, or every trained arm against base and selected against random."""
@@ -138,9 +139,7 @@ def load_eval_rows(run: Run, eval_data: Any = None, n_eval: int | None = None) -
     rows = stratified_subset(rows, n_eval)
     if not rows:
         raise ValueError(f"no evaluation prompts in {source}; stage 01 needs an eval set (eval='workshop-eval')")
-    ids = [str(r["id"]) for r in rows]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{source} has repeated ids")
+    check_unique_ids(rows, source)
     return rows, source
 
 
@@ -264,8 +263,9 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], c: EvaluateConfig, base_
         print(f"[evaluate] arm {arm}: generating {len(rows)} answers", flush=True)
     lm = _arm_model(source, c, base_system)
     t1 = time.perf_counter()
-    gens = generate_arm(lm, rows, gen_dir / f"{arm}.journal.jsonl", arm_key, max_new_tokens=c.max_new_tokens,
-                        batch_size=c.batch_size, progress=progress, label=arm)
+    gens, _ = generate_journalled(lm, rows, gen_dir / f"{arm}.journal.jsonl", identity=arm_key, preset="greedy",
+                                  max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, progress=progress,
+                                  desc=f"{arm} generations")
     t2 = time.perf_counter()
     losses = reference_answer_losses(lm, rows, max_length=c.max_length, batch_tokens=c.score_batch_tokens)
     t3 = time.perf_counter()

@@ -24,7 +24,7 @@ class FinetuneOOMError(FinetuneError):
     """Training ran out of memory."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig(StageConfig):
     """Everything the result depends on (it is the stage fingerprint's config)."""
 

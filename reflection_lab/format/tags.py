@@ -696,19 +696,14 @@ def strip_reasoning(text: str, *, prefilled_thinking: bool = False) -> str:
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(the first thinking block's raw content, the text without its thinking blocks), both stripped.
+    """(the first thinking block's raw content, the text without that block), both stripped.
 
     What a server with a reasoning parser returns in `reasoning_content` and `content`. The
     reasoning keeps its inner <reflection> tags; an unclosed thinking runs to the end of the text;
-    a text without thinking is all content (reasoning None).
+    any later thinking block stays in the content; a text without thinking is all content (None).
     """
     blocks = parse(text).thinking_blocks
     if not blocks:
         return None, text
     first = blocks[0]
-    rest, pos = [], 0
-    for b in blocks:
-        rest.append(text[pos:b.start])
-        pos = b.end
-    rest.append(text[pos:])
-    return text[first.content_start:first.content_end].strip(), "".join(rest).strip()
+    return text[first.content_start:first.content_end].strip(), (text[:first.start] + text[first.end:]).strip()

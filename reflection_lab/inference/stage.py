@@ -22,12 +22,13 @@ from typing import Any
 
 from ..core.config import ConfigError, StageConfig
 from ..core.runs import Journal, Run, read_jsonl, stable_hash, write_jsonl_atomic
-from ..format.chat import REFLECTION_PROMPT, system_prompt_text
+from ..data import check_unique_ids
+from ..format.chat import REFLECTION_PROMPT, SystemPrompt, system_prompt_text
 from ..format.templates import user_text
 from ..llm.sampling import PRESETS, SamplingPreset, get_preset
 
 
-@dataclass
+@dataclass(frozen=True)
 class InferConfig(StageConfig):
     """Which student answers (fine-tuned or base), how it decodes, and how many prompts."""
 
@@ -36,19 +37,19 @@ class InferConfig(StageConfig):
 
     use_adapter: bool = True  # the run's stage 05 result; False: the base student
     student: str | None = None  # the base student (None: the one the run trained or scored)
-    preset: str = "greedy"  # a sampling preset: greedy, reflection, creative
+    preset: str | SamplingPreset = "greedy"  # a sampling preset: greedy, reflection, creative (or your own)
     max_new_tokens: int = 256
     n: int | None = None  # the first n evaluation prompts (None: all)
     # "auto": the fine-tuned student gets the system message it was trained with, the base student the
     # lab's Reflection prompt; "trained", a preset name ("reflection", "none") or literal text override it
-    system_prompt: str | None = "auto"
+    system_prompt: str | SystemPrompt | None = "auto"
     batch_size: int = 8
     quant4: bool | None = None  # None: as trained (4-bit for QLoRA); the base student loads in full precision
     dtype: str = "auto"
     device: str = "auto"
 
     def validate(self) -> None:
-        if self.preset not in PRESETS:
+        if isinstance(self.preset, str) and self.preset not in PRESETS:
             raise ConfigError(f"InferConfig.preset must be one of {sorted(PRESETS)}, not {self.preset!r}")
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
@@ -61,17 +62,17 @@ class InferConfig(StageConfig):
         return {"max_new_tokens": profile.max_new_tokens, "dtype": profile.dtype, "device": profile.device}
 
     @classmethod
-    def from_profile(cls, profile: Any, **overrides: Any) -> "InferConfig":
-        """As every stage; the base student (use_adapter=False) is the profile's student unless given."""
-        if not overrides.get("use_adapter", True):
-            overrides.setdefault("student", profile.student)
-        return super().from_profile(profile, **overrides)
+    def adjust(cls, values: dict[str, Any], profile: Any) -> dict[str, Any]:
+        """The base student (use_adapter=False) is the profile's student unless one is given."""
+        if not values.get("use_adapter", True):
+            values.setdefault("student", profile.student)
+        return values
 
 
-def student_for_run(run: Run, model_spec: str | None = None) -> str:
-    """The base student: model_spec, else the one stage 05 trained, else the one stage 03 scored with."""
-    if model_spec:
-        return model_spec
+def student_for_run(run: Run, student: str | None = None) -> str:
+    """The base student: `student`, else the one stage 05 trained, else the one stage 03 scored with."""
+    if student:
+        return student
     for stage in ("finetune", "score"):
         m = run.manifest(stage) or {}
         spec = (m.get("config") or {}).get("student")
@@ -144,12 +145,11 @@ def run_infer(run: Run, config: InferConfig | None = None, *, force: bool = Fals
     spec, adapter_fp, sys_arg = _model_for(run, config)
     rows = read_jsonl(run.path("data", "eval.jsonl"))
     rows = rows[:config.n] if config.n is not None else rows
-    ids = [str(r["id"]) for r in rows]
-    if len(set(ids)) != len(ids):
-        raise ValueError("01_data/eval.jsonl has repeated ids; rerun stage 01 (it makes ids unique)")
+    check_unique_ids(rows, "01_data/eval.jsonl")
     preset = get_preset(config.preset)
     fingerprinted = {"model": spec, "adapter": adapter_fp, "use_adapter": config.use_adapter,
                      "preset": preset.as_dict(), "max_new_tokens": config.max_new_tokens, "n": config.n,
+                     "quant4": config.quant4, "dtype": config.dtype,
                      "system_prompt": sys_arg if sys_arg == "trained" else system_prompt_text(sys_arg)}
     if not force and run.is_current("infer", fingerprinted):
         return run.manifest("infer") or {}

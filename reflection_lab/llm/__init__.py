@@ -25,23 +25,25 @@ def make_backend(spec: str, *, role: str = "teacher", **kw: Any) -> Any:
     environment) or "openai:<model>"; "local:<model spec or path>" or "local" with model=...
     (a local model answers chat requests with its own chat template and no added system prompt).
     role ("teacher" or "generator") picks the environment variables an OpenAI-compatible backend reads.
-    Extra keyword arguments go to the backend's constructor (delay_s, base_url, concurrency, quant4, ...).
+    model= names the model when the spec has none (None: the environment's, for an endpoint). Extra keyword
+    arguments go to the backend's constructor: ReplayBackend (delay_s), OpenAIModel (base_url, concurrency,
+    timeout_s, ...) or LocalModel.from_spec (quant4, batch_size, device, dtype).
     """
+    model = kw.pop("model", None)
     kind, _, arg = spec.partition(":")
     if kind == "replay":
         from .replay import ReplayBackend
 
         path = kw.pop("path", None)
-        return ReplayBackend(arg or path, **kw)
+        return ReplayBackend(arg or path, model=model, **kw)
     if kind == "openai":
         from .openai import OpenAIModel
 
-        model = kw.pop("model", None)
         return OpenAIModel(arg or model, role=role, **kw)
     if kind == "local":
         from .local import LocalModel
 
-        model = arg or kw.pop("model", None)
+        model = arg or model
         if not model:
             raise ValueError("a local backend needs a model: 'local:<model spec or path>', e.g. 'local:smollm2-135m'")
         kw.setdefault("system_prompt", None)

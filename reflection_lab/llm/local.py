@@ -183,7 +183,8 @@ class LocalModel:
         return cls(lm, tok, name=spec, system_prompt=system_prompt, template=template, batch_size=batch_size)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.kind, "model": self.model, "template": self.fmt.template,
+        return {"backend": self.kind, "model": self.model, "quant4": bool(getattr(self.lm, "is_loaded_in_4bit", False)),
+                "dtype": str(getattr(self.lm, "dtype", "")).replace("torch.", ""), "template": self.fmt.template,
                 "system_prompt": self.fmt.system_prompt, "tags_as_special_tokens": bool(self.policy.tag_ids),
                 "stop_ids": sorted(self.policy.stop_ids)}
 
@@ -198,9 +199,9 @@ class LocalModel:
         """Exactly the training prompt (same template, system message, BOS and token boundary)."""
         return self.fmt.prompt_ids(self.tokenizer, instruction, input)
 
-    def messages_ids(self, messages: Sequence[dict]) -> list[int]:
-        """A chat history as prompt ids; earlier assistant turns lose their reasoning first."""
-        msgs = history_for_model(messages)
+    def messages_ids(self, messages: Sequence[dict], *, keep_reasoning: bool = False) -> list[int]:
+        """A chat history as prompt ids; earlier assistant turns lose their reasoning first (unless kept)."""
+        msgs = history_for_model(messages, keep_reasoning=keep_reasoning)
         single = msgs and msgs[-1].get("role") == "user" and len(msgs) == 1 + (msgs[0].get("role") == "system")
         if single and (msgs[0].get("role") != "system" or self.fmt.system_prompt == msgs[0]["content"]):
             return self.prompt_ids(msgs[-1]["content"])  # single turn: exactly the training prompt
@@ -354,7 +355,8 @@ class LocalModel:
         for i, r in enumerate(requests):
             groups.setdefault((r.temperature, r.top_p, r.max_tokens), []).append(i)
         for (temperature, top_p, max_tokens), idx in groups.items():
-            encoded = [self.messages_ids(requests[i].messages) for i in idx]
+            # a request is sent as its sender wrote it (a teacher's, a judge's, a server client's history)
+            encoded = [self.messages_ids(requests[i].messages, keep_reasoning=True) for i in idx]
 
             def emit(k: int, gen: Generation, idx: list[int] = idx, encoded: list = encoded) -> None:
                 req = requests[idx[k]]

@@ -133,6 +133,7 @@ class OpenAIModel:
     def __init__(self, model: str | None = None, *, role: str = "teacher", base_url: str | None = None,
                  api_key: str | None = None, timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0,
                  max_backoff_s: float = 30.0, concurrency: int = 8, send_meta: bool | None = None,
+                 stream_retries: int = 2,
                  max_tokens_param: str = "max_tokens", extra_body: dict | None = None,
                  system_prompt: str | SystemPrompt | None = None, keep_special_tokens: bool = False,
                  include_usage: bool = False):
@@ -141,14 +142,16 @@ class OpenAIModel:
         self.role = role
         self.model = model or self._env("MODEL", "OPENAI_MODEL") or ""
         if not self.model:
-            raise ValueError(f"No model name: pass model=... or set {ENV_PREFIXES[role]}MODEL (e.g. gpt-4o-mini, the "
-                             "name your vLLM / llama.cpp server serves, or the --served-name of the lab's server).")
+            raise ValueError(f"No model name: write it in the spec ('openai:<model>'), pass model=... (a stage: "
+                             f"ReflectConfig.teacher_model, --judge-model) or set {ENV_PREFIXES[role]}MODEL (e.g. "
+                             "gpt-4o-mini, the name your vLLM / llama.cpp server serves, or the lab's --served-name).")
         # The full URL may carry user:password or a ?token=: kept hidden like the key; base_url shows a safe form.
         self._url = Secret(base_url or self._env("BASE_URL", "OPENAI_BASE_URL") or "https://api.openai.com/v1")
         self.base_url = safe_url(self._url.get())
         self._key = Secret(api_key or self._env("API_KEY", "OPENAI_API_KEY"))
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
+        self.stream_retries = int(stream_retries)
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.concurrency = int(concurrency)
@@ -170,10 +173,14 @@ class OpenAIModel:
         return f"OpenAIModel(model={self.model!r}, base_url={self.base_url!r}, api_key={self._key!r})"
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.kind, "model": self.model, "base_url": self.base_url, "timeout_s": self.timeout_s,
-                "max_retries": self.max_retries, "has_api_key": bool(self._key.get()),
-                "max_tokens_param": self.max_tokens_param, "system_prompt": self.system_prompt,
-                "extra_body": {k: v for k, v in self.extra_body.items() if k == "skip_special_tokens"}}
+        out = {"backend": self.kind, "model": self.model, "base_url": self.base_url, "timeout_s": self.timeout_s,
+               "max_retries": self.max_retries, "has_api_key": bool(self._key.get()),
+               "max_tokens_param": self.max_tokens_param}
+        if self.system_prompt:
+            out["system_prompt"] = self.system_prompt
+        if "skip_special_tokens" in self.extra_body:
+            out["extra_body"] = {"skip_special_tokens": self.extra_body["skip_special_tokens"]}
+        return out
 
     def _scrub(self, text: str) -> str:
         """An error text without the key or a URL carrying credentials."""
@@ -308,7 +315,8 @@ class OpenAIStream(TextStream):
         import openai
 
         owner, messages, preset, max_new, extra_body = self._args
-        client = openai.OpenAI(**owner._client_args(), max_retries=owner.max_retries)
+        # the client's own retries, before the first chunk only (a stream cannot be resumed mid-way)
+        client = openai.OpenAI(**owner._client_args(), max_retries=owner.stream_retries)
         merger = ReasoningMerger()
         body = {**owner.extra_body, **(extra_body or {})}
         try:

@@ -13,7 +13,7 @@ class SamplingPreset:
     name: str
     temperature: float = 0.0
     top_p: float = 1.0
-    top_k: int | None = None
+    top_k: int | None = None  # None: the model's own default
     repetition_penalty: float | None = None
     seed: int | None = 0
     note: str = ""
@@ -25,7 +25,9 @@ class SamplingPreset:
     def hf_kwargs(self) -> dict[str, Any]:
         """Arguments for transformers' `generate`."""
         kw: dict[str, Any] = {"do_sample": False} if self.greedy else {
-            "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or 0}
+            "do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        if not self.greedy and self.top_k is not None:
+            kw["top_k"] = self.top_k  # 0 turns top-k off; None keeps the model's own generation config
         if self.repetition_penalty:
             kw["repetition_penalty"] = self.repetition_penalty
         return kw
@@ -43,7 +45,7 @@ class SamplingPreset:
 
 PRESETS: dict[str, SamplingPreset] = {
     "greedy": SamplingPreset("greedy", note="deterministic; the default for evaluation"),
-    "reflection": SamplingPreset("reflection", temperature=0.7, top_p=0.95,
+    "reflection": SamplingPreset("reflection", temperature=0.7, top_p=0.95, top_k=0,
                                  note="the settings Reflection 70B's model card suggested"),
     "creative": SamplingPreset("creative", temperature=1.0, top_p=0.95, top_k=50,
                                note="more varied text; expect more format slips"),

@@ -27,7 +27,7 @@ from .prompts import STYLES, PromptSet, load_prompts
 TASKS = ("reflect_instruction", "reflect_response", "reflect_response_on_reflected")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReflectConfig(StageConfig):
     """Who reflects and how: the teacher spec, the answer style asked for, sampling and concurrency."""
 
@@ -57,15 +57,14 @@ class ReflectConfig(StageConfig):
         return {"teacher": profile.teacher, "teacher_model": profile.teacher_model}
 
     @classmethod
-    def from_profile(cls, profile: Any, **overrides: Any) -> "ReflectConfig":
-        """As every stage; a local teacher on this machine writes at most the profile's max_new_tokens."""
-        teacher = str(overrides.get("teacher", profile.teacher))
-        if "max_tokens" not in overrides and teacher.startswith("local"):
-            overrides["max_tokens"] = profile.max_new_tokens
-        return super().from_profile(profile, **overrides)
+    def adjust(cls, values: dict[str, Any], profile: Any) -> dict[str, Any]:
+        """A local teacher on this machine writes at most the profile's max_new_tokens (unless told otherwise)."""
+        if "max_tokens" not in values and str(values.get("teacher", "")).startswith("local"):
+            values["max_tokens"] = profile.max_new_tokens
+        return values
 
     def make_teacher(self) -> ChatBackend:
-        return make_backend(self.teacher, **({"model": self.teacher_model} if self.teacher_model else {}))
+        return make_backend(self.teacher, model=self.teacher_model)
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}

@@ -29,7 +29,7 @@ DEFINITIONS = {"ifd": "PPL(A|Q)/PPL(A)", "ifd_loss": "s(A|Q)/s(A)", "rifd": "PPL
                "rifd_loss": "s(Q|rev)/s(Q)"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoreConfig(StageConfig):
     """The student, the prompt template and the length limit decide the scores; the rest only the speed."""
 
@@ -105,7 +105,6 @@ def run_score(run: Run, config: ScoreConfig | None = None, *, force: bool = Fals
 
     `model` / `tokenizer` (already loaded, e.g. in notebook 03) skip loading the student.
     """
-    from ..core.devices import pick_device
     from ..models import load_model, load_tokenizer
     from .engine import LossEngine
 
@@ -120,8 +119,8 @@ def run_score(run: Run, config: ScoreConfig | None = None, *, force: bool = Fals
         run.begin("score", cfg)
     barrier()
     tok = tokenizer if tokenizer is not None else load_tokenizer(config.student)
-    mdl = model if model is not None else load_model(config.student, quant4=config.quant4,
-                                                     info=pick_device(config.device, config.dtype))
+    mdl = model if model is not None else load_model(config.student, quant4=config.quant4, device=config.device,
+                                                     dtype=config.dtype)
     plan = plan_items(read_jsonl(run.path("reflect", "reflections.jsonl")),
                       PairEncoder(tok, template=config.template, max_length=config.max_length))
     stage_dir = run.stage_dir("score")

@@ -61,3 +61,22 @@ def test_profiles_are_checked_too_and_cli_assignments_parse_as_json():
         "n_samples": 8, "template": "plain", "top_k_percent": None}
     with pytest.raises(ConfigError, match="FIELD=VALUE"):
         parse_assignments(["n_samples"])
+
+
+def test_stage_configs_are_frozen_and_their_special_defaults_see_the_profiles_extra(tmp_path):
+    from dataclasses import FrozenInstanceError, replace
+
+    from reflection_lab.data import DataConfig
+    from reflection_lab.inference import InferConfig
+    from reflection_lab.reflect import ReflectConfig
+
+    prof = get_profile("ci", extra={"reflect": {"teacher": "local:tiny-llama"}, "infer": {"use_adapter": False}})
+    assert ReflectConfig.from_profile(prof).max_tokens == prof.max_new_tokens  # a local teacher, set in extra
+    assert ReflectConfig.from_profile(get_profile("ci")).max_tokens == 1024
+    assert InferConfig.from_profile(prof).student == prof.student  # the base student, set in extra
+    c = DataConfig(train=tmp_path / "my.jsonl")  # a Path is taken as its text
+    assert c.train == str(tmp_path / "my.jsonl")
+    with pytest.raises(FrozenInstanceError):
+        c.n_samples = 3
+    with pytest.raises(ConfigError, match="DataConfig.n_samples"):
+        replace(c, n_samples=0)

@@ -469,3 +469,10 @@ def test_diagnostics_have_code_message_position() -> None:
     assert stray.code == "stray_closing_tag"
     assert text[stray.position:].startswith("</reflection>")
     assert stray.message and stray.severity == ERROR
+
+
+def test_split_reasoning_moves_only_the_first_thinking_block():
+    from reflection_lab.format.tags import split_reasoning
+
+    text = "<thinking>a <reflection>b</reflection></thinking> mid <thinking>c</thinking><output>o</output>"
+    assert split_reasoning(text) == ("a <reflection>b</reflection>", "mid <thinking>c</thinking><output>o</output>")

@@ -1,4 +1,4 @@
-"""Teacher backends behind one interface: request keys, replay, OpenAI-compatible client settings, local model."""
+"""The model-backend layer: request keys, replay, OpenAI-compatible client settings and retries, the local model."""
 
 import asyncio
 import json
@@ -203,3 +203,16 @@ def test_openai_cancelled_run_starts_no_request_and_journals_nothing():
     seen = []
     out = asyncio.run(t.acomplete([ChatRequest.make(t, MSGS)], seen.append, 2, cancel))
     assert out[0].error == "cancelled" and out[0].attempts == 0 and seen == []
+
+
+def test_make_backend_takes_a_model_name_beside_any_spec():
+    assert make_backend("local:tiny-llama", model="ignored-when-the-spec-names-one").model == "tiny-llama"
+    assert make_backend("replay", model=None).kind == "replay"
+    assert make_backend("openai", model="m", base_url="http://127.0.0.1:9/v1").model == "m"
+
+
+def test_request_presets_keep_the_models_own_top_k():
+    from reflection_lab.llm.sampling import PRESETS, request_preset
+
+    assert "top_k" not in request_preset(0.7, 0.9).hf_kwargs()
+    assert PRESETS["reflection"].hf_kwargs()["top_k"] == 0 and "top_k" not in PRESETS["greedy"].hf_kwargs()
