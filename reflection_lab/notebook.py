@@ -118,8 +118,9 @@ def setup(profile: str = "offline", *, quiet: bool = False) -> dict:
 def cost_table(notebook: str) -> str:
     """This notebook's measured time per profile, beside each profile's own note on the whole lab (markdown)."""
     t = NOTEBOOK_TIMES.get(notebook, {})
-    measured = {"ci": f"{t.get('ci', 'not measured')} on a busy 2-core CPU",
-                "offline": f"{t.get('offline', 'not measured')} on a busy 2-core CPU; {t.get('idle', 'not measured')} idle"}
+    busy = "on a busy 2-core CPU"
+    measured = {"ci": f"{t.get('ci', 'not measured')} {busy}",
+                "offline": f"{t.get('offline', 'not measured')} {busy}; {t.get('idle', 'not measured')} idle"}
     rows = ["| profile | this notebook at CI sizes: wall (kernel CPU) | whole lab at the profile's sizes | memory |",
             "| --- | --- | --- | --- |"]
     for name in COST_PROFILES:

@@ -72,7 +72,8 @@ class Backends:
         if model:
             self.by_name[served_name or model] = make_backend(f"local:{model}", batch_size=batch_size)
         if replay:
-            self.by_name[replay_name] = make_backend("replay" if replay in ("default", "workshop") else f"replay:{replay}")
+            spec = "replay" if replay in ("default", "workshop") else f"replay:{replay}"
+            self.by_name[replay_name] = make_backend(spec)
         if not self.by_name:
             raise ValueError("serve at least one of --model or --replay")
         self._locks = {name: threading.Lock() for name in self.by_name}  # one request at a time per backend

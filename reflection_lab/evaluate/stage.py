@@ -166,7 +166,8 @@ def run_evaluate(run: Run, config: EvaluateConfig | None = None, *, force: bool 
     generation = {"preset": "greedy", "max_new_tokens": c.max_new_tokens, "base_system_prompt": base_system,
                   "base_quant4": c.finetune.method == "qlora", "template": c.finetune.template}
     fingerprinted = {"schema": SCHEMA, "arms": list(c.arms), "seed": c.seed, "n_boot": c.n_boot, "level": c.level,
-                     "rel_tol": REL_TOL, "eval": {"source": eval_source, "n": len(rows), "rows_sha256": stable_hash(rows)},
+                     "rel_tol": REL_TOL,
+                     "eval": {"source": eval_source, "n": len(rows), "rows_sha256": stable_hash(rows)},
                      "finetune": c.finetune.as_dict(), "generation": generation, "max_length": c.max_length,
                      "judge": describe_judge(judge, c.judge_view, c.judge_reference) if judge is not None else None,
                      "judge_pairs": [list(p) for p in pairs] if judge is not None else [],
