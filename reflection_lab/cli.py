@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .core.runs import MissingStageError, Run
+from .core.config import ConfigError
+from .core.errors import LabError
+from .core.runs import Run
 from .profiles import Profile, get_profile, parse_assignments
 
 
 def _column_map(text: str) -> dict[str, str]:
-    pairs = [p.split("=", 1) for p in text.split(",") if p]
+    """"instruction=prompt,output=response" -> {"instruction": "prompt", "output": "response"}."""
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ConfigError(f"--column-map needs FIELD=COLUMN pairs separated by commas, e.g. "
+                          f"instruction=prompt,output=response; got {text!r}")
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -40,13 +47,13 @@ def _evaluate_flags(sp: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import STAGE_FUNCTIONS
 
-    ap = argparse.ArgumentParser(prog="reflection-lab", description=__doc__)
+    ap = argparse.ArgumentParser(prog="reflection-lab", description=__doc__,
+                                 epilog="Errors print one line; add --debug anywhere to see the traceback.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, device, precision, profiles and the model menu")
     prep = sub.add_parser("prepare", help="build or convert offline models into the cache")
     prep.add_argument("models", nargs="*", default=["tiny-llama", "tiny-gpt2", "smollm2-135m"])
-    sv = sub.add_parser("serve", help="the lab's OpenAI-compatible server (see python -m reflection_lab.server -h)")
-    sv.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("serve", help="the lab's OpenAI-compatible server; its options: reflection-lab serve -h")
     st = sub.add_parser("status", help="which stages of a run are done")
     st.add_argument("--run", required=True)
     for stage in STAGE_FUNCTIONS:
@@ -61,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--teacher", help="replay | replay:<file> | openai | openai:<model> | local:<model>")
             sp.add_argument("--style", choices=["reflection", "plain"], help="answer format asked of the teacher")
             sp.add_argument("--concurrency", type=int, help="parallel teacher requests (default 8)")
+            sp.add_argument("--timeout", type=float, dest="timeout_s",
+                            help="seconds an endpoint may take per reply (default: REFLECTION_LAB_TEACHER_TIMEOUT_S "
+                                 "or 120); a request that times out is not sent again in this run")
+            sp.add_argument("--max-retries", type=int, help="retries on 429 / 5xx / dropped connections (default 6)")
+            sp.add_argument("--max-tokens", type=int, help="tokens per teacher reply (default 1024)")
         if stage == "infer":
             sp.add_argument("--base", action="store_true", default=None, help="the base student, no adapter")
             sp.add_argument("--preset", choices=["greedy", "reflection", "creative"])
@@ -96,7 +108,7 @@ def _option_for(parser: argparse.ArgumentParser, cmd: str, dest: str) -> str | N
 # Flags of the stage subcommands, by the stage whose config field they set (flag dest -> config field).
 STAGE_FLAGS: dict[str, dict[str, str]] = {
     "data": {"train": "train", "eval": "eval", "strict": "strict", "column_map": "column_map"},
-    "reflect": {"teacher": "teacher", "style": "style", "concurrency": "concurrency"},
+    "reflect": {k: k for k in ("teacher", "style", "concurrency", "timeout_s", "max_retries", "max_tokens")},
     "select": {k: k for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
                               "drop_refusals", "keep_unreflected_answers", "score_form")},
     "infer": {"preset": "preset"},
@@ -150,9 +162,61 @@ def _value_error_hint(message: str, args: argparse.Namespace, parser: argparse.A
     return None
 
 
+OS_HINTS = {
+    errno.EACCES: "no permission: choose a writable --run, or fix the folder's permissions",
+    errno.EPERM: "no permission: choose a writable --run, or fix the folder's permissions",
+    errno.EROFS: "a read-only file system: choose a writable --run",
+    errno.ENOSPC: "the disk is full: free some space (models are cached in REFLECTION_LAB_CACHE) and rerun; "
+                  "finished and journalled work is kept",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a file stands where a folder is expected",
+    errno.EEXIST: "a file stands where a folder is expected",
+}
+
+
+def guarded(action: Callable[[], int], debug: bool,
+            on_value_error: Callable[[str], str | None] = lambda m: None) -> int:
+    """Run a command; a user error or an environment fault becomes one `error:` line and a non-zero exit.
+
+    LabError (and the ValueError of a bad setting) exits 2, an OS fault 1, an interrupt 130. Anything else
+    is a bug in the lab and keeps its traceback; `--debug` shows the traceback of everything.
+    """
+    if debug:
+        return action()
+    try:
+        return action()
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (finished and journalled work is kept)", file=sys.stderr)
+        return 130
+    except (LabError, ValueError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        hint = on_value_error(message) if isinstance(exc, ValueError) else None
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = OS_HINTS.get(exc.errno or -1, "check the file and the disk")
+        print(f"error: {exc.strerror or exc}{where}: {hint}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if argv[:1] == ["serve"]:  # the server has options of its own: python -m reflection_lab.server -h
+        from .server import main as serve_main
+
+        return guarded(lambda: serve_main(argv[1:], prog="reflection-lab serve") or 0, debug)
     parser = build_parser()
     args = parser.parse_args(argv)
+    return guarded(lambda: _command(args, parser), debug,
+                   lambda message: _value_error_hint(message, args, parser) if hasattr(args, "set") else None)
+
+
+def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.cmd == "info":
         from .core.devices import environment_report, pick_device
         from .models import MODEL_MENU
@@ -173,52 +237,33 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.models:
             print(m, "->", resolve_model(m))
         return 0
-    if args.cmd == "serve":
-        from .server import main as serve_main
-
-        return serve_main(args.rest) or 0
     if args.cmd == "status":
         for stage, state in Run(args.run).status().items():
             print(f"{stage:9s} {state}")
         return 0
-    return _run_stages(args, parser)
+    return _run_stages(args)
 
 
-def _run_stages(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _run_stages(args: argparse.Namespace) -> int:
     """A stage subcommand or `run`: profile and overrides in, manifests (and the evaluation table) out."""
-    from .finetune import FinetuneError
     from .pipeline import run_pipeline, run_stage
 
     try:
         profile = get_profile(args.profile, **parse_assignments(args.set))
-    except (KeyError, TypeError, ValueError) as exc:  # unknown profile or field, or a bad value
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    except KeyError as exc:  # an unknown profile
+        raise ConfigError(exc.args[0]) from None
     run = Run(args.run or Path("runs") / profile.name)
     overrides = stage_overrides(args)
-    try:
-        if args.cmd == "run":
-            stages = args.stages.split(",") if args.stages else None
-            results = run_pipeline(run, profile, stages=stages, overrides=overrides, force=args.force)
-        else:
-            results = {args.cmd: run_stage(args.cmd, run, profile, overrides=overrides.get(args.cmd),
-                                           force=args.force)}
-            m = results[args.cmd]
-            print(json.dumps({"stage": args.cmd, "status": m.get("status"), "counts": m.get("counts")}, indent=1))
-        if "evaluate" in results:
-            from .evaluate import format_table, load_metrics
+    if args.cmd == "run":
+        stages = args.stages.split(",") if args.stages else None
+        results = run_pipeline(run, profile, stages=stages, overrides=overrides, force=args.force)
+    else:
+        results = {args.cmd: run_stage(args.cmd, run, profile, overrides=overrides.get(args.cmd), force=args.force)}
+        m = results[args.cmd]
+        print(json.dumps({"stage": args.cmd, "status": m.get("status"), "counts": m.get("counts")}, indent=1))
+    if "evaluate" in results:
+        from .evaluate import format_table, load_metrics
 
-            print(format_table(load_metrics(run)))
-    except MissingStageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FinetuneError, ValueError) as exc:
-        # Bad settings and training failures have messages that say what to change; a traceback only hides them.
-        print(f"error: {exc}", file=sys.stderr)
-        hint = _value_error_hint(str(exc), args, parser) if isinstance(exc, ValueError) else None
-        if hint:
-            print(f"hint: {hint}", file=sys.stderr)
-        return 2
+        print(format_table(load_metrics(run)))
     print(f"run directory: {run.root}")
     return 0

@@ -48,13 +48,19 @@ def run_pipeline(run: Run, profile: Profile, *, stages: list[str] | None = None,
     """Run every stage in order; finished stages with unchanged inputs are reused, not recomputed.
 
     overrides: per stage, config fields to change, e.g. {"reflect": {"teacher": "openai:gpt-4o-mini"}}.
+    Every stage's config is built (and checked) before the first stage starts, so a bad setting of a late
+    stage fails at once instead of after an hour of scoring.
     """
+    chosen = stages or list(STAGE_FUNCTIONS)
+    plan = []
+    for stage in chosen:
+        config_cls, fn = stage_parts(stage)
+        plan.append((stage, fn, config_cls.from_profile(profile, **(overrides or {}).get(stage, {}))))
     results = {}
-    for stage in stages or list(STAGE_FUNCTIONS):
+    for stage, fn, config in plan:
         t0 = time.perf_counter()
         log(f"== {stage} ==")
-        results[stage] = run_stage(stage, run, profile, overrides=(overrides or {}).get(stage), force=force,
-                                   progress=progress)
+        results[stage] = fn(run, config, force=force, progress=progress)
         counts = results[stage].get("counts", {})
         log(f"   done in {time.perf_counter() - t0:.1f} s; " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return results

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .core.config import ConfigError, check_fields
+from .core.devices import DEVICES, DTYPES
+from .format.templates import TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,30 @@ class Profile:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges and choices, so a bad --set fails before any stage starts (never half-way through)."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"Profile.{name} {why}, not {getattr(self, name)!r}")
+
+        for name in ("max_length", "score_batch_tokens", "max_steps", "batch_size", "grad_accum", "lora_r",
+                     "lora_alpha", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        for name in ("n_samples", "n_eval"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise bad(name, "must be at least 1 (or null for all)")
+        if self.learning_rate <= 0:
+            raise bad("learning_rate", "must be above 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", "must be in [0, 1)")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"must be one of {DTYPES}")
+        if self.device not in DEVICES:
+            raise bad("device", f"must be one of {DEVICES}")
+        if self.template not in TEMPLATES:
+            raise bad("template", f"must be one of {TEMPLATES}")
 
     def as_dict(self) -> dict:
         return asdict(self)

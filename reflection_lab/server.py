@@ -270,8 +270,8 @@ async def _sse(cid: str, created: int, model: str, reasoning: str | None, conten
     yield b"data: [DONE]\n\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m reflection_lab.server", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m reflection_lab.server") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="model spec (tiny-llama, smollm2-135m, a path or hub id) to serve")
     ap.add_argument("--served-name", help="model name clients send (default: the --model spec)")
     ap.add_argument("--replay", help="serve replay data: 'default' (the shipped workshop replies) or a .jsonl path")
@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stream-chunk-chars", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=1)
     args = ap.parse_args(argv)
+    if not args.model and not args.replay:
+        ap.error("serve at least one of --model MODEL or --replay default (the workshop's teacher replies)")
     plan_dict: dict = json.loads(open(args.fault_file).read()) if args.fault_file else {}
     plan_dict.setdefault("sequence", [f for f in args.faults.split(",") if f])
     plan_dict.setdefault("slow_s", args.slow_s)

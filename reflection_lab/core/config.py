@@ -14,8 +14,10 @@ from dataclasses import fields, replace
 from pathlib import PurePath
 from typing import Any, ClassVar, Literal, Union
 
+from .errors import LabError
 
-class ConfigError(ValueError, TypeError):
+
+class ConfigError(LabError, ValueError, TypeError):
     """A config or profile field with the wrong type or value; the message names the field."""
 
 

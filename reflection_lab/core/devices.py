@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 from dataclasses import asdict, dataclass
 
+from .config import ConfigError
 from .runtime import package_version
 
 
@@ -40,9 +41,18 @@ class DeviceInfo:
         return "\n".join(lines)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
 def pick_device(prefer: str | None = None, dtype: str | None = None) -> DeviceInfo:
     """Choose cuda > mps > cpu (or `prefer`), and a compute dtype that is fast and supported there."""
     import torch
+
+    if dtype not in (None, *DTYPES):
+        raise ConfigError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    if prefer not in (None, *DEVICES):
+        raise ConfigError(f"device must be one of {DEVICES}, not {prefer!r}")
 
     notes: list[str] = []
     bnb = package_version("bitsandbytes")
@@ -64,7 +74,7 @@ def pick_device(prefer: str | None = None, dtype: str | None = None) -> DeviceIn
                           bnb != "missing", notes)
     if dtype and dtype != "auto":
         if dtype == "bfloat16" and info.device == "cuda" and not info.bf16_supported:
-            raise ValueError(f"{info.name} does not support bfloat16 (a T4 or older GPU). Use dtype='float16'.")
+            raise ConfigError(f"{info.name} does not support bfloat16 (a T4 or older GPU): use dtype='float16'.")
         info.dtype = dtype
     return info
 

@@ -16,8 +16,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+import functools
+from typing import Any, Callable, Iterator, TypeVar
 
+from .errors import LabError, RunDirError
 from .runtime import package_version
 
 
@@ -46,7 +48,7 @@ VARIANTS = ("original", "reflect_instruction", "reflect_response", "reflect_both
 TRACKED_PACKAGES = ("reflection-lab", "torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "trl")
 
 
-class MissingStageError(RuntimeError):
+class MissingStageError(LabError, RuntimeError):
     """Raised when a stage's inputs are not in the run; the message says what to run first."""
 
 
@@ -149,6 +151,9 @@ class Run:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirError(f"The run directory {self.root} is a file, not a folder: choose another --run "
+                              "(or RUN_DIR in a notebook).")
         self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -162,14 +167,30 @@ class Run:
     def path(self, stage: str, name: str) -> Path:
         return self.stage_dir(stage) / name
 
+    def manifest_path(self, stage: str) -> Path:
+        return self.root / STAGES[stage].folder / "manifest.json"
+
     def manifest(self, stage: str) -> dict | None:
-        p = self.root / STAGES[stage].folder / "manifest.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        """The stage's manifest; None when absent or unreadable (a corrupt one counts as not run: rerunning
+        the stage rewrites it, and its journals keep the work already done)."""
+        p = self.manifest_path(stage)
+        try:
+            m = json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return m if isinstance(m, dict) else None
+
+    def _corrupt(self, stage: str) -> bool:
+        return self.manifest_path(stage).exists() and self.manifest(stage) is None
 
     def require(self, stage: str) -> dict:
         """The manifest of a finished earlier stage, or an error naming what to run first."""
         m = self.manifest(stage)
         info = STAGES[stage]
+        if self._corrupt(stage):
+            raise RunDirError(f"{self.manifest_path(stage)} is not a readable manifest (a write cut off, or edited "
+                              f"by hand): rerun `{info.command} --run {self.root}` (or notebooks/{info.notebook}); "
+                              "it rewrites the manifest and reuses the journalled work.")
         if not m or m.get("status") != "complete":
             state = "has not been run" if not m else f"did not finish (status: {m.get('status')})"
             raise MissingStageError(
@@ -235,9 +256,40 @@ class Run:
         write_json_atomic(d / "manifest.json", m)
         return m
 
+    def fail(self, stage: str, error: str, **extra: Any) -> None:
+        """Mark a started stage failed, with the reason (a rerun with the same settings resumes its journals)."""
+        m = self.manifest(stage) or {"stage": stage}
+        m.update(status="failed", error=error, failed=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+        write_json_atomic(self.stage_dir(stage) / "manifest.json", m)
+
     def status(self) -> dict[str, str]:
         out = {}
         for stage in STAGES:
             m = self.manifest(stage)
-            out[stage] = m.get("status", "?") if m else "not run"
+            if self._corrupt(stage):
+                out[stage] = "corrupt manifest (rerun the stage)"
+            else:
+                out[stage] = m.get("status", "?") if m else "not run"
         return out
+
+
+StageFn = TypeVar("StageFn", bound=Callable[..., dict])
+
+
+def records_failure(stage: str) -> Callable[[StageFn], StageFn]:
+    """Decorator for `run_<stage>(run, ...)`: an error after the stage began marks it "failed" with the reason.
+
+    Why: a stage left "running" by a bad input looks like an interrupted run. An interrupt (Ctrl-C, a
+    stopped cell) is not an error: the stage stays "running" and the next call resumes its journals.
+    """
+    def wrap(fn: StageFn) -> StageFn:
+        @functools.wraps(fn)
+        def run_stage(run: "Run", *args: Any, **kwargs: Any) -> dict:
+            try:
+                return fn(run, *args, **kwargs)
+            except Exception as exc:
+                if (run.manifest(stage) or {}).get("status") == "running":
+                    run.fail(stage, " ".join(str(exc).split()) or type(exc).__name__, error_type=type(exc).__name__)
+                raise
+        return run_stage  # type: ignore[return-value]
+    return wrap

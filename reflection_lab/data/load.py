@@ -11,12 +11,14 @@ workshop's own `flaw` / `notes` when present. Eval samples have `reference` inst
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import LabError
 from ..core.paths import repo_data_dir
 
 # Column names seen in public instruction datasets, mapped to ours (used only when ours are absent).
@@ -30,7 +32,7 @@ TEXT_FIELDS = {"train": ("instruction", "input", "output"), "eval": ("instructio
 KEEP_EXTRA = ("category", "flaw", "notes", "answer_type", "numeric_answer")
 
 
-class DataError(ValueError):
+class DataError(LabError, ValueError):
     """Strict-mode failure: the message lists the bad rows."""
 
 
@@ -79,21 +81,14 @@ def read_rows(source: str | Path, *, fmt: str | None = None, split: str = "train
     """
     path = source_path(source)
     fmt = fmt or _guess_format(path)
-    problems: list[dict] = []
+    if fmt in ("jsonl", "json", "csv", "parquet") and not path.exists():
+        raise DataError(f"Data file not found: {path}. Give a file (JSONL, JSON, CSV, Parquet), a saved `datasets` "
+                        "folder, a hub dataset name, or 'workshop'.")
     if fmt == "jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as exc:
-                    problems.append({"row": n, "id": None, "reason": "invalid_json", "detail": f"line {n}: {exc}"})
-                    rows.append(None)  # keeps row numbers aligned with file lines of valid rows
-        return rows, problems
+        return _read_jsonl_lines(path)
+    problems: list[dict] = []
     if fmt == "json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_utf8(path))
         if isinstance(data, dict):
             data = data.get("data") or data.get("rows") or data.get(split)
         if not isinstance(data, list):
@@ -102,7 +97,12 @@ def read_rows(source: str | Path, *, fmt: str | None = None, split: str = "train
     if fmt in ("csv", "parquet"):
         import pandas as pd
 
-        df = pd.read_csv(path, dtype=object, keep_default_na=False) if fmt == "csv" else pd.read_parquet(path)
+        if fmt == "csv":
+            import io
+
+            df = pd.read_csv(io.StringIO(_read_utf8(path)), dtype=object, keep_default_na=False)
+        else:
+            df = pd.read_parquet(path)
         return df.to_dict(orient="records"), problems
     if fmt == "datasets_disk":
         from datasets import DatasetDict, load_from_disk
@@ -120,6 +120,54 @@ def read_rows(source: str | Path, *, fmt: str | None = None, split: str = "train
             raise DataError(f"Could not load dataset {source!r} ({exc}). Offline? Use a local file or 'workshop'.") from exc
         return list(ds), problems
     raise DataError(f"unknown data format {fmt!r} for {source}")
+
+
+class _BlankLine:
+    def __repr__(self) -> str:
+        return "BLANK_LINE"
+
+
+BLANK_LINE = _BlankLine()  # a blank line of a JSONL file: keeps row numbers equal to line numbers, counts as no row
+
+
+def _read_jsonl_lines(path: Path) -> tuple[list[Any], list[dict]]:
+    """One entry per file line (so row numbers are line numbers): the record, None (reported) or BLANK_LINE.
+
+    Each line is decoded on its own: a bad byte costs its line only (reported with its number), and a
+    UTF-8 byte-order mark before the first line is dropped.
+    """
+    rows: list[Any] = []
+    problems: list[dict] = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append({"row": n, "id": None, "reason": "invalid_utf8",
+                                 "detail": f"line {n}: byte {exc.start + 1} is not UTF-8 (save the file as UTF-8)"})
+                rows.append(None)
+                continue
+            if not line.strip():
+                rows.append(BLANK_LINE)
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                problems.append({"row": n, "id": None, "reason": "invalid_json", "detail": f"line {n}: {exc}"})
+                rows.append(None)
+    return rows, problems
+
+
+def _read_utf8(path: Path) -> str:
+    """A whole file as text (a byte-order mark dropped); a bad byte is a DataError naming its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}, line {line}: byte {exc.start + 1} is not UTF-8; save the file as UTF-8.") from None
 
 
 def _guess_format(path: Path) -> str:
@@ -173,7 +221,7 @@ def normalize(rows: list[Any], *, kind: str = "train", column_map: dict[str, str
               pre_problems: list[dict] | None = None) -> tuple[list[dict], DataReport]:
     """Map raw rows onto the schema; every dropped row is in the report with a reason."""
     column_map = column_map or {}
-    report = DataReport(source=source, rows_read=len(rows))
+    report = DataReport(source=source, rows_read=sum(r is not BLANK_LINE for r in rows))
     report.problems.extend(pre_problems or [])
     text_fields = TEXT_FIELDS[kind]
     answer_field = text_fields[2]
@@ -181,8 +229,8 @@ def normalize(rows: list[Any], *, kind: str = "train", column_map: dict[str, str
     seen_ids: set[str] = set()
     out: list[dict] = []
     for n, rec in enumerate(rows, 1):
-        if rec is None:
-            continue  # invalid JSON line, already reported
+        if rec is None or rec is BLANK_LINE:
+            continue  # an unreadable line (already reported) or a blank one
         if not isinstance(rec, dict):
             report.add(n, "not_a_record", f"row is {type(rec).__name__}, not an object")
             continue

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import ConfigError, StageConfig
-from ..core.runs import Run, sha256_path, write_json_atomic, write_jsonl_atomic
-from .load import load_samples, source_path, stratified_subset
+from ..core.runs import Run, records_failure, sha256_path, write_json_atomic, write_jsonl_atomic
+from .load import DataError, load_samples, source_path, stratified_subset
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ def source_hash(source: str | Path | None) -> str | None:
     return sha256_path(path) if path.exists() else None
 
 
+@records_failure("data")
 def run_data(run: Run, config: DataConfig | None = None, *, force: bool = False, progress: bool = True) -> dict:
     """Stage 01: write samples.jsonl, eval.jsonl and data_report.json into the run.
 
@@ -65,6 +66,7 @@ def run_data(run: Run, config: DataConfig | None = None, *, force: bool = False,
     reports = {"train": report.as_dict()}
     outputs = ["samples.jsonl", "data_report.json"]
     eval_samples: list[dict] = []
+    eval_report = None
     if c.eval:
         eval_samples, eval_report = load_samples(c.eval, kind="eval", strict=c.strict, max_chars=c.max_chars)
         eval_samples = stratified_subset(eval_samples, c.n_eval)
@@ -73,5 +75,13 @@ def run_data(run: Run, config: DataConfig | None = None, *, force: bool = False,
         outputs.append("eval.jsonl")
     write_jsonl_atomic(run.path("data", "samples.jsonl"), samples)
     write_json_atomic(run.path("data", "data_report.json"), reports)
+    empty = [(name, r) for name, r, rows in (("training", report, samples), ("evaluation", eval_report, eval_samples))
+             if r is not None and not rows]
+    if empty:
+        name, r = empty[0]
+        error = (f"No usable {name} samples: {r.summary()}. The reasons per row are in "
+                 f"{run.path('data', 'data_report.json')}; fix the rows or map the columns (--column-map).")
+        run.fail("data", error)
+        raise DataError(error)
     counts = {"train": len(samples), "eval": len(eval_samples), "train_dropped": len(report.problems)}
     return run.complete("data", fingerprinted, outputs, counts)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..core.config import ConfigError, StageConfig
-from ..core.runs import Run, read_jsonl, stable_hash, write_json_atomic, write_jsonl_atomic
+from ..core.runs import Run, read_jsonl, records_failure, stable_hash, write_json_atomic, write_jsonl_atomic
 from ..finetune.config import FinetuneConfig
 from ..data import check_unique_ids
 from ..format.chat import SystemPrompt, system_prompt_text
@@ -143,6 +143,7 @@ def load_eval_rows(run: Run, eval_data: Any = None, n_eval: int | None = None) -
     return rows, source
 
 
+@records_failure("evaluate")
 def run_evaluate(run: Run, config: EvaluateConfig | None = None, *, force: bool = False, progress: bool = True,
                  judge: Any = None) -> dict:
     """Stage 07. Returns the manifest; a finished evaluation with the same config and inputs is reused.

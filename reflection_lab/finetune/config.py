@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.config import ConfigError, StageConfig
+from ..core.errors import LabError
 
 METHODS = ("qlora", "lora", "full")
 OOM_ADVICE = ("lower batch_size (and raise grad_accum to keep the effective batch), lower max_length, "
               "use quant4 (method='qlora'), and keep gradient_checkpointing=True")
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(LabError, RuntimeError):
     """A training problem with a message that names its cause and what to change."""
 
 

@@ -28,19 +28,12 @@ import time
 from typing import Any, Sequence
 
 from ..core.devices import is_out_of_memory, memory_report
-from ..core.runs import Run, read_jsonl, write_json_atomic
+from ..core.runs import Run, read_jsonl, records_failure, write_json_atomic
 from ..core.runtime import in_notebook, process_group
 from ..format.chat import TrainingFormat, add_reflection_tokens, build_format
 from .artifacts import save_result, write_model_card
 from .config import OOM_ADVICE, FinetuneConfig, FinetuneDataError, FinetuneError, FinetuneOOMError
 from .data import EncodeReport, ExampleDataset, PadToLongest, encode_rows, split_train_eval
-
-
-def _mark_failed(run: Run, exc: BaseException) -> None:
-    m = run.manifest("finetune") or {"stage": "finetune"}
-    m.update(status="failed", error=str(exc), error_type=type(exc).__name__,
-             failed=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_json_atomic(run.stage_dir("finetune") / "manifest.json", m)
 
 
 def _training_set_error(n_rows: int, report: EncodeReport | None, config: FinetuneConfig, select_m: dict) -> str:
@@ -58,6 +51,7 @@ def _training_set_error(n_rows: int, report: EncodeReport | None, config: Finetu
             f"or lower FinetuneConfig.min_samples.")
 
 
+@records_failure("finetune")
 def run_finetune(run: Run, config: FinetuneConfig | None = None, *, force: bool = False, progress: bool = True,
                  live_plot: bool | None = None, callbacks: Sequence[Any] = ()) -> dict:
     """Stage 05. Returns the manifest. Resumes from the last complete checkpoint of an unfinished run
@@ -83,7 +77,7 @@ def run_finetune(run: Run, config: FinetuneConfig | None = None, *, force: bool 
                                    f"{config.batch_size}, max_length={config.max_length}): {str(exc)[:200]}. "
                                    f"To fit: {OOM_ADVICE}.")
         if rank == 0:
-            _mark_failed(run, err)
+            run.fail("finetune", str(err), error_type=type(err).__name__)
         if err is exc:
             raise
         raise err from exc

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import ConfigError, StageConfig
-from ..core.runs import Journal, Run, read_jsonl, stable_hash, write_jsonl_atomic
+from ..core.runs import Journal, Run, read_jsonl, records_failure, stable_hash, write_jsonl_atomic
 from ..data import check_unique_ids
 from ..format.chat import REFLECTION_PROMPT, SystemPrompt, system_prompt_text
 from ..format.templates import user_text
@@ -132,6 +132,7 @@ def _model_for(run: Run, config: InferConfig) -> tuple[str, str | None, Any]:
     return spec, adapter, auto if config.system_prompt == "auto" else config.system_prompt
 
 
+@records_failure("infer")
 def run_infer(run: Run, config: InferConfig | None = None, *, force: bool = False, progress: bool = True,
               model: Any = None) -> dict:
     """Stage 06. Returns the manifest; reuses a finished stage with the same config and inputs.

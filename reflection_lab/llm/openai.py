@@ -4,8 +4,9 @@ One backend for both uses: `complete` asks many requests concurrently (the teach
 judge of stage 07); `stream` streams one generation (stage 06's viewers, `Chat`).
 
 Settings come from arguments, else the role's environment variables (role "teacher":
-REFLECTION_LAB_TEACHER_BASE_URL / _MODEL / _API_KEY / _SEND_META; role "generator":
-REFLECTION_LAB_INFER_*), else OPENAI_BASE_URL / OPENAI_MODEL / OPENAI_API_KEY.
+REFLECTION_LAB_TEACHER_BASE_URL / _MODEL / _API_KEY / _SEND_META / _TIMEOUT_S / _MAX_RETRIES /
+_CONCURRENCY; role "generator": REFLECTION_LAB_INFER_*), else OPENAI_BASE_URL / OPENAI_MODEL /
+OPENAI_API_KEY. A request that times out is not sent again (see `_attempt`).
 
 Why our own retry loop in `complete`: the client's built-in retries are invisible, so a run could not
 say how many attempts a reply took; here they are counted, backed off exponentially with jitter,
@@ -27,14 +28,16 @@ describe(), a journal, a manifest, a result or an error message (server messages
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ..core.errors import LabError
 from ..format.chat import SystemPrompt, history_for_model, system_prompt_text
 from .base import ChatReply, ChatRequest, OnReply, error_reply
 from .sampling import SamplingPreset, get_preset
@@ -45,7 +48,7 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
-class InferenceError(RuntimeError):
+class InferenceError(LabError, RuntimeError):
     """A stream from the endpoint failed; the message is free of the key and of credentials in the URL."""
 
 
@@ -131,8 +134,9 @@ class OpenAIModel:
     kind = "openai"
 
     def __init__(self, model: str | None = None, *, role: str = "teacher", base_url: str | None = None,
-                 api_key: str | None = None, timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, concurrency: int = 8, send_meta: bool | None = None,
+                 api_key: str | None = None, timeout_s: float | None = None, max_retries: int | None = None,
+                 backoff_s: float = 1.0, max_backoff_s: float = 30.0, concurrency: int | None = None,
+                 send_meta: bool | None = None,
                  stream_retries: int = 2,
                  max_tokens_param: str = "max_tokens", extra_body: dict | None = None,
                  system_prompt: str | SystemPrompt | None = None, keep_special_tokens: bool = False,
@@ -149,12 +153,12 @@ class OpenAIModel:
         self._url = Secret(base_url or self._env("BASE_URL", "OPENAI_BASE_URL") or "https://api.openai.com/v1")
         self.base_url = safe_url(self._url.get())
         self._key = Secret(api_key or self._env("API_KEY", "OPENAI_API_KEY"))
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
+        self.timeout_s = float(timeout_s if timeout_s is not None else self._env("TIMEOUT_S") or 120.0)
+        self.max_retries = int(max_retries if max_retries is not None else self._env("MAX_RETRIES") or 6)
         self.stream_retries = int(stream_retries)
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
-        self.concurrency = int(concurrency)
+        self.concurrency = int(concurrency if concurrency is not None else self._env("CONCURRENCY") or 8)
         if send_meta is None:
             send_meta = (self._env("SEND_META") or "").strip().lower() in ("1", "true", "yes")
         self.send_meta = send_meta
@@ -182,12 +186,26 @@ class OpenAIModel:
             out["extra_body"] = {"skip_special_tokens": self.extra_body["skip_special_tokens"]}
         return out
 
+    def _secrets(self) -> list[str]:
+        """The key, a URL that carries credentials, and those credentials as written and as a Basic-auth header."""
+        url = self._url.get() or ""
+        parts = urlsplit(url)
+        found = [self._key.get() or "", url if url != self.base_url else ""]
+        if parts.username is not None:
+            userinfo = parts.netloc.rsplit("@", 1)[0]
+            found += [userinfo, base64.b64encode(userinfo.encode()).decode(),
+                      base64.b64encode(unquote(userinfo).encode()).decode()]
+        return sorted({x for x in found if len(x) >= 4}, key=len, reverse=True)
+
+    def _hide(self, text: str) -> str:
+        """The text with every secret replaced by *** (a server may echo the auth header into its reply)."""
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text
+
     def _scrub(self, text: str) -> str:
-        """An error text without the key or a URL carrying credentials."""
-        for secret in (self._key.get(), self._url.get() if self._url.get() != self.base_url else None):
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text[:500]
+        """An error text without secrets, short enough for a log line."""
+        return self._hide(text)[:500]
 
     def _client_args(self) -> dict[str, Any]:
         return {"api_key": self._key.get() or "EMPTY", "base_url": self._url.get(), "timeout": self.timeout_s}
@@ -273,10 +291,15 @@ class OpenAIModel:
             usage = getattr(resp, "usage", None)
             counted = ({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
                        if usage is not None else None)
-            return False, None, ChatReply(key=req.key, text=text or "", finish_reason=choice.finish_reason,
-                                          usage=counted)
+            return False, None, ChatReply(key=req.key, text=self._hide(text or ""),
+                                          finish_reason=choice.finish_reason, usage=counted)
         except openai.APITimeoutError:
-            return True, None, f"timeout: no reply within {self.timeout_s:g} s"
+            # not sent again: a server that answers one request at a time is still working on it, and a copy
+            # would only queue behind it. The next run of the stage asks again.
+            prefix = ENV_PREFIXES[self.role]
+            return False, None, (f"timeout: no reply within {self.timeout_s:g} s (not sent again: the server may "
+                                 f"still be working on it); raise the timeout ({prefix}TIMEOUT_S, --timeout) or "
+                                 f"lower the concurrency to what the server sustains, then rerun")
         except openai.APIConnectionError as exc:
             return True, None, self._scrub(f"connection error: {exc.__cause__ or exc}")[:300]
         except openai.APIStatusError as exc:

@@ -10,6 +10,7 @@ import os
 import shutil
 
 from ..core.devices import DeviceInfo, pick_device
+from ..core.errors import ModelError
 from ..core.paths import cache_dir
 
 OFFLINE_MODELS = {
@@ -49,7 +50,7 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
-def _explain_load_error(spec: str, exc: Exception) -> RuntimeError:
+def _explain_load_error(spec: str, exc: Exception) -> ModelError:
     text = str(exc)
     if "gated" in text.lower() or "401" in text or "403" in text:
         hint = (f"{spec} is a gated model: accept its licence on huggingface.co, then set HF_TOKEN "
@@ -59,7 +60,7 @@ def _explain_load_error(spec: str, exc: Exception) -> RuntimeError:
                 f"Offline, use one of {', '.join(OFFLINE_MODELS)} or a local path.")
     else:
         hint = "Check the model name or path."
-    return RuntimeError(f"Could not load model {spec!r}: {text.splitlines()[0] if text else type(exc).__name__}. {hint}")
+    return ModelError(f"Could not load model {spec!r}: {text.splitlines()[0] if text else type(exc).__name__}. {hint}")
 
 
 def load_tokenizer(spec: str, padding_side: str = "right"):
@@ -94,8 +95,9 @@ def load_model(spec: str, *, quant4: bool = False, info: DeviceInfo | None = Non
     kwargs: dict = {"dtype": info.torch_dtype()}
     if quant4:
         if not info.bnb_4bit_ok:
-            raise RuntimeError(f"4-bit loading needs bitsandbytes on {info.device}: {info.notes or 'pip install bitsandbytes'}; "
-                               "or set quant4=False.")
+            fix = info.notes[0] if info.notes else "pip install bitsandbytes"
+            raise ModelError(f"4-bit loading needs bitsandbytes on {info.device} ({fix}); or load in full precision "
+                             "(quant4=False; for fine-tuning method='lora').")
         kwargs["quantization_config"] = bnb_config(info)
         if info.device == "cuda":
             kwargs["device_map"] = {"": 0}

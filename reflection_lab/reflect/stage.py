@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.config import ConfigError, StageConfig
-from ..core.runs import VARIANTS, Journal, Run, read_jsonl, write_jsonl_atomic
+from ..core.errors import StageFailed
+from ..core.runs import VARIANTS, Journal, Run, read_jsonl, records_failure, write_jsonl_atomic
 from ..llm import ChatBackend, ChatReply, ChatRequest, make_backend
 from .parse import Parsed, parse_instruction_reflection, parse_response_reflection
 from .prompts import STYLES, PromptSet, load_prompts
@@ -32,7 +33,7 @@ class ReflectConfig(StageConfig):
     """Who reflects and how: the teacher spec, the answer style asked for, sampling and concurrency."""
 
     STAGE = "reflect"
-    RUNTIME = ("concurrency",)
+    RUNTIME = ("concurrency", "timeout_s", "max_retries", "max_error_share")
 
     teacher: str = "replay"  # "replay", "replay:<file>", "openai", "openai:<model>", "local:<model>"
     teacher_model: str | None = None  # the model when the spec names none (openai, local)
@@ -41,6 +42,9 @@ class ReflectConfig(StageConfig):
     temperature: float = 0.0
     top_p: float = 1.0
     max_tokens: int = 1024
+    timeout_s: float | None = None  # an endpoint's reply time limit (None: REFLECTION_LAB_TEACHER_TIMEOUT_S or 120)
+    max_retries: int | None = None  # on 429 / 5xx / dropped connections (None: ..._MAX_RETRIES or 6)
+    max_error_share: float = 0.5  # more requests than this share without a reply: the stage fails
 
     def validate(self) -> None:
         if self.style not in STYLES:
@@ -48,6 +52,8 @@ class ReflectConfig(StageConfig):
         if self.concurrency < 1 or self.max_tokens < 1:
             raise ConfigError(f"ReflectConfig.concurrency and max_tokens must be at least 1 "
                               f"(got {self.concurrency}, {self.max_tokens})")
+        if not 0 <= self.max_error_share <= 1:
+            raise ConfigError(f"ReflectConfig.max_error_share must be in [0, 1], not {self.max_error_share}")
         if not 0 < self.top_p <= 1 or self.temperature < 0:
             raise ConfigError(f"ReflectConfig.top_p must be in (0, 1] and temperature >= 0 "
                               f"(got {self.top_p}, {self.temperature})")
@@ -64,7 +70,9 @@ class ReflectConfig(StageConfig):
         return values
 
     def make_teacher(self) -> ChatBackend:
-        return make_backend(self.teacher, model=self.teacher_model)
+        endpoint = {k: v for k, v in (("timeout_s", self.timeout_s), ("max_retries", self.max_retries))
+                    if v is not None} if self.teacher.startswith("openai") else {}
+        return make_backend(self.teacher, model=self.teacher_model, **endpoint)
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -135,6 +143,7 @@ def _reflect_row(sample: dict, replies: dict[str, ChatReply | None], teacher: Ch
                         "prompt_version": prompts.version_tag}}
 
 
+@records_failure("reflect")
 def run_reflect(run: Run, config: ReflectConfig | None = None, *, force: bool = False, progress: bool = True,
                 teacher: ChatBackend | None = None, prompts: PromptSet | None = None) -> dict:
     """Stage 02: write 02_reflect/reflections.jsonl (+ the reply journal and the manifest).
@@ -163,6 +172,15 @@ def run_reflect(run: Run, config: ReflectConfig | None = None, *, force: bool = 
                          prompts, pairs.get(s["id"])) for s in samples]
     write_jsonl_atomic(run.path("reflect", "reflections.jsonl"), rows)
     errors = asker.errors(samples, requests)
+    n_req = sum(len(r) for r in requests.values())
+    if errors and len(errors) > config.max_error_share * n_req:
+        first = errors[0]
+        where = teacher.describe().get("base_url") or teacher.describe().get("model")
+        message = (f"The teacher answered {n_req - len(errors)} of {n_req} requests (first failure: "
+                   f"{first['sample_id']}/{first['task']}: {first['error']}). Check the teacher ({where}) and rerun: "
+                   "answered requests are kept, only the failed ones are asked again.")
+        run.fail("reflect", message, errors=errors[:50], counts=_counts(rows, requests, errors, asker))
+        raise StageFailed(message)
     return run.complete("reflect", fingerprinted, ["reflections.jsonl"], _counts(rows, requests, errors, asker),
                         extra={"errors": errors[:50]})
 

@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..core.devices import is_out_of_memory
+from ..core.errors import StageFailed
 from .items import Item, ItemLoss
 from .shared import active as shared_attention
 from .shared import build_layout
@@ -306,7 +307,7 @@ class LossEngine:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if len(batch) == 1:
-                    raise RuntimeError(
+                    raise StageFailed(
                         f"Out of memory scoring one sequence of {len(batch[0])} tokens. Lower max_length, load the "
                         "student in 4-bit (quant4_scoring=True), or use a smaller student.") from exc
                 # Halve the budget and re-plan everything left, so later batches do not hit the same wall.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import ConfigError, StageConfig
-from ..core.runs import VARIANTS, Journal, Run, read_jsonl, write_jsonl_atomic
+from ..core.runs import VARIANTS, Journal, Run, read_jsonl, records_failure, write_jsonl_atomic
 from ..core.runtime import process_group
 from ..format.templates import TEMPLATES
 from .encode import PairEncoder, combine
@@ -99,6 +99,7 @@ def load_pass_journals(stage_dir: Path, fp: str) -> dict[str, ItemLoss]:
     return done
 
 
+@records_failure("score")
 def run_score(run: Run, config: ScoreConfig | None = None, *, force: bool = False, progress: bool = True,
               model: Any = None, tokenizer: Any = None) -> dict:
     """Stage 03. Resumable: finished passes are journalled per batch; a rerun skips them.

@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..core.runs import VARIANTS
-from .rules import FORM_TITLES, FORMS, KEPT_OUTCOMES, OUTCOMES, SelectConfig
+from .rules import FORM_TITLES, FORMS, FORMULAS, KEPT_OUTCOMES, OUTCOMES, SelectConfig
 from .table import Selection, SelectionTable
 
 VARIANT_COLORS = {"original": "#7f7f7f", "reflect_instruction": "#1f77b4", "reflect_response": "#ff7f0e",
@@ -109,7 +109,7 @@ def score_histogram(data: Selection | SelectionTable, metric: str = "ifd", *, co
             hovertemplate=f"{label}<br>from %{{x:.3f}}: %{{y}} samples<extra></extra>"))
     fig = go.Figure(traces)
     name = METRIC_NAMES[metric]
-    form = FORM_TITLES[cfg.score_form]
+    form = f"{FORM_TITLES[cfg.score_form][:-1]}: {FORMULAS[cfg.score_form, metric]}"
     fig.add_vline(x=threshold, line_dash="dash", line_color="black",
                   annotation_text=f"{name} max = {threshold:g}", annotation_position="top right")
     missing = int(np.isnan(sel.choice.ifd if metric == "ifd" else sel.choice.rifd).sum())
@@ -260,7 +260,7 @@ def length_vs_ifd(data: Selection | SelectionTable, *, config: SelectConfig | No
     for w in (cfg.min_words, cfg.max_words):
         if w is not None:
             fig.add_vline(x=max(w, 1) if log_x else w, line_dash="dot", line_color="gray")
-    fig.update_layout(title={"text": f"Answer length vs IFD of the chosen pair ({FORM_TITLES[cfg.score_form]})"},
+    fig.update_layout(title={"text": f"Answer length vs IFD of the chosen pair ({FORMULAS[cfg.score_form, 'ifd']})"},
                       xaxis_title="answer length (words)", yaxis_title="IFD", xaxis_type="log" if log_x else "linear",
                       template="plotly_white", height=400)
     return fig

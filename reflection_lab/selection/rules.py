@@ -21,7 +21,10 @@ OUTCOMES = KEPT_OUTCOMES + tuple(f"dropped:{r}" for r in DROP_REASONS)
 SCORE_KEYS = ("ifd", "ifd_loss", "rifd", "rifd_loss", "s_a_q", "s_a", "s_q_rev", "s_q",
               "n_answer_tokens", "n_instruction_tokens")
 FORMS = {"ppl": ("ifd", "rifd"), "loss": ("ifd_loss", "rifd_loss")}
-FORM_TITLES = {"ppl": "PPL ratio: PPL(A|Q) / PPL(A)", "loss": "loss ratio: s(A|Q) / s(A)"}
+FORM_TITLES = {"ppl": "PPL ratios", "loss": "loss ratios"}
+# what each score is, in each form (figure titles name the one they show)
+FORMULAS = {("ppl", "ifd"): "PPL(A|Q) / PPL(A)", ("ppl", "rifd"): "PPL(Q | reverse prompt with A) / PPL(Q)",
+            ("loss", "ifd"): "s(A|Q) / s(A)", ("loss", "rifd"): "s(Q | reverse prompt with A) / s(Q)"}
 
 VARIANT_INDEX = {v: i for i, v in enumerate(VARIANTS)}
 OUTCOME_INDEX = {o: i for i, o in enumerate(OUTCOMES)}

@@ -11,7 +11,7 @@ import os
 import shutil
 from typing import Any
 
-from ..core.runs import Run, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..core.runs import Run, read_jsonl, records_failure, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .rules import SelectConfig
 from .table import SelectionTable
 
@@ -65,6 +65,7 @@ def write_figures(selection: Any, path: Any) -> Any:
     return path
 
 
+@records_failure("select")
 def run_select(run: Run, config: SelectConfig | None = None, *, force: bool = False, progress: bool = True) -> dict:
     """Stage 04: write selected.jsonl, selected_dataset/, decisions.jsonl, outcomes.json and figures.html.
 

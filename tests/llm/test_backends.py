@@ -216,3 +216,39 @@ def test_request_presets_keep_the_models_own_top_k():
 
     assert "top_k" not in request_preset(0.7, 0.9).hf_kwargs()
     assert PRESETS["reflection"].hf_kwargs()["top_k"] == 0 and "top_k" not in PRESETS["greedy"].hf_kwargs()
+
+
+def test_credentials_in_the_url_never_reach_a_reply_even_when_the_server_echoes_them():
+    """A server that echoes the request headers into its reply text (the issue's case: Basic auth in base64)."""
+    import base64
+    import http.server
+    import threading
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            text = " | ".join(f"{k}: {v}" for k, v in self.headers.items())
+            body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        t = OpenAIModel("m", base_url=f"http://alice:s3cret-pw@127.0.0.1:{httpd.server_port}/v1",
+                        api_key="sk-test-SECRET123", max_retries=0)
+        rep = t.complete([ChatRequest.make(t, MSGS)])[0]
+    finally:
+        httpd.shutdown()
+    assert rep.ok and "authorization" in rep.text.lower()
+    record = json.dumps(rep.record())
+    for secret in ("s3cret-pw", base64.b64encode(b"alice:s3cret-pw").decode(), "SECRET123"):
+        assert secret not in record

@@ -1,10 +1,11 @@
 """The marker parser: every variant teachers produce, every malformed kind of the shipped replay data."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reflection_lab.reflect import parse_instruction_reflection, parse_response_reflection, parse_section
@@ -139,15 +140,33 @@ def test_parse_section_unknown_section_has_no_marker():
 _safe = st.text(alphabet=st.characters(blacklist_characters="[]", blacklist_categories=("Cs",)), max_size=200)
 
 
+_MARKER_LINE = re.compile(r"^[ \t]*(#{1,6}[ \t]*)?(\*\*|__)?[ \t]*(new|better)[ \t]+(instruction|answer)\b(?P<rest>.*)$",
+                          re.I | re.M)
+
+
+def _starts_a_section(body: str) -> bool:
+    """A line the parser reads as a marker even inside a bracketed answer: with a colon or heading markup."""
+    return any(m.group(1) or m.group(2) or m.group("rest").lstrip(" \t*_").startswith(":")
+               for m in _MARKER_LINE.finditer(body))
+
+
 @settings(max_examples=150, deadline=None)
 @given(before=_safe, middle=st.lists(st.sampled_from(["End", "Endpoint", "weekend", "end", "END:", "Ending"]),
                                      max_size=4), after=_safe)
+@example(before="0", middle=[], after="BETTER ANSWER")  # a bare marker line inside the answer once cut it
 def test_property_end_words_never_truncate(before, middle, after):
     body = (before + " " + " ".join(middle) + "\n" + after).strip()
-    if not body or body.lower().startswith(("better answer", "new ")):
+    if not body or body.lower().startswith(("better answer", "new ")) or _starts_a_section(body):
         return
     p = parse_response_reflection(f"Critique.\n[Better Answer]\n{body}\n[End]")
     assert p.value == body or p.reason == "placeholder_answer"
+
+
+def test_a_bare_marker_line_inside_a_bracketed_answer_is_text_but_a_heading_still_starts_a_section():
+    p = parse_response_reflection("[Better Answer]\n0\nBETTER ANSWER\n[End]")
+    assert p.value == "0\nBETTER ANSWER" and p.notes == ()
+    ins, ans = parse_instruction_reflection("[New Instruction]\nQ\n### New Answer\nA")
+    assert (ins.value, ans.value) == ("Q", "A")
 
 
 def _shipped_replay_rows():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from scored_run import scored_row, synthetic_rows
+from scored_run import scored_row, synthetic_rows, write_scored_run
 
 from reflection_lab.selection import figures as viz
 from reflection_lab.selection import SelectConfig, SelectionTable
@@ -105,3 +105,15 @@ def test_outcome_frame(table):
     df = viz.outcome_frame(table.evaluate())
     assert list(df.outcome[:4]) == ["reflect_both", "reflect_response", "reflect_instruction", "original"]
     assert df.samples.sum() == table.n
+
+
+def test_each_histogram_names_its_own_formula(run):
+    from reflection_lab.selection import SelectConfig
+
+    write_scored_run(run, [scored_row("a", {"original": (0.8, 0.9), "reflect_instruction": (0.9, 0.7),
+                                            "reflect_response": (0.7, 0.6), "reflect_both": (0.85, 0.5)})])
+    table = SelectionTable.from_run(run)
+    assert "PPL(A|Q) / PPL(A)" in viz.ifd_histogram(table).layout.title.text
+    rifd = viz.rifd_histogram(table).layout.title.text
+    assert "PPL(Q | reverse prompt with A) / PPL(Q)" in rifd and "PPL(A|Q)" not in rifd
+    assert "s(Q | reverse" in viz.rifd_histogram(table, config=SelectConfig(score_form="loss")).layout.title.text
