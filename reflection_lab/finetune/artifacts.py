@@ -125,8 +125,10 @@ def write_model_card(path: Path, *, config: FinetuneConfig, meta: dict, counts: 
               f"- Method: {config.method}" + (" (4-bit NF4 base, double quantisation, compute dtype "
                                               f"{meta.get('compute_dtype')})" if config.method == 'qlora' else ""),
               f"- Hyperparameters: `{json.dumps(hp, default=str)}`",
-              f"- Steps: {counts['steps']} on {device} in {counts['train_seconds']:.0f} s "
-              f"({counts['tokens_per_second']:.0f} real tokens/s, {counts['processes']} process(es)); "
+              f"- Steps: {counts['steps']} on {device} in {counts['train_seconds']:.0f} s"
+              + (f" over two or more processes (resumed at step {counts['resumed_from_step']}; the last one "
+                 f"{counts['session_seconds']:.0f} s)" if counts.get("resumed_from_step") else "")
+              + f" ({counts['tokens_per_second']:.0f} real tokens/s, {counts['processes']} process(es) at once); "
               f"{counts['tokens_seen']} real (non-padding) prompt and answer tokens seen.",
               f"- Train loss {_num(counts.get('first_train_loss'))} (step 1) -> {_num(counts.get('final_train_loss'))} "
               f"(last step); eval loss at the end: {_num(counts.get('final_eval_loss'))}.",

@@ -25,12 +25,16 @@ COMPLETE_MARKER = "reflection_lab_complete.json"
 
 
 class JournalLogCallback(TrainerCallback):
-    """Append every logged step (train loss, learning rate, real tokens seen; eval loss) to a JSONL journal."""
+    """Append every logged step (train loss, learning rate, real tokens seen; eval loss) to a JSONL journal.
 
-    def __init__(self, path: Path, listeners: list[Callable[[dict], None]] | None = None):
+    `seconds` counts training time over the whole run: a resumed process starts from the time the kept
+    part of the log had taken (`start_seconds`), so the last row says how long every kept step took.
+    """
+
+    def __init__(self, path: Path, listeners: list[Callable[[dict], None]] | None = None, start_seconds: float = 0.0):
         self.journal = Journal(path, key="key")
         self.listeners = listeners or []
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() - start_seconds
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not logs or not state.is_world_process_zero:

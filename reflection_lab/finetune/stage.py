@@ -133,7 +133,9 @@ def _callbacks(log_path: Any, seeded: list[dict], progress: bool, live_plot: boo
     notebook = in_notebook()
     show_plot = notebook if live_plot is None else (live_plot and notebook)
     prog = ProgressCallback(live_plot=bool(show_plot), notebook=notebook and progress) if progress else None
-    cbs: list[Any] = [JournalLogCallback(log_path, [prog.add_row] if prog else []), CheckpointMarkerCallback()]
+    before = float(seeded[-1].get("seconds", 0.0)) if seeded else 0.0  # the kept steps' time, when resuming
+    cbs: list[Any] = [JournalLogCallback(log_path, [prog.add_row] if prog else [], start_seconds=before),
+                      CheckpointMarkerCallback()]
     if prog:
         prog.seed_rows(seeded)
         cbs.append(prog)
@@ -174,20 +176,24 @@ def _train(run: Run, config: FinetuneConfig, select_m: dict, rank: int, world: i
         print(f"fine-tuning {config.student} ({config.method}) on {len(train_ex)} examples, {config.max_steps} "
               f"steps, {world} process(es), {info.device}/{info.dtype}{note}", flush=True)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t0
     memory = {"before": mem_before, "after": memory_report(info.device)}
     barrier()
     if rank != 0:
         return {"status": "shard-done", "rank": rank, "world": world}
-    counts = _counts(read_jsonl(log_path) if log_path.exists() else [], trainer, result, resumed_step, seconds,
+    counts = _counts(read_jsonl(log_path) if log_path.exists() else [], trainer, resumed_step, seconds,
                      len(rows), train_ex, eval_ex, report, world)
     return _finish(run, config, trainer, tok, fmt, facts, info, counts, report, memory, select_m, log_path)
 
 
-def _counts(log_rows: list[dict], trainer: Any, result: Any, resumed_step: int, seconds: float, n_rows: int,
+def _counts(log_rows: list[dict], trainer: Any, resumed_step: int, seconds: float, n_rows: int,
             train_ex: list, eval_ex: list, report: EncodeReport, world: int) -> dict:
-    """The manifest's counts: data, steps, tokens, speed of this session, losses."""
+    """The manifest's counts: data, steps, tokens, losses and time over the whole run; the speed of this session.
+
+    After a resume, the train log holds the kept steps of earlier processes and this one's, so losses and
+    time come from it (the Trainer's own training_loss and runtime cover the last process only).
+    """
     train_losses = [r["loss"] for r in log_rows if r.get("kind") == "train"]
     eval_losses = [r["eval_loss"] for r in log_rows if r.get("kind") == "eval"]
     tokens = int(trainer.state.num_input_tokens_seen or 0)
@@ -197,11 +203,13 @@ def _counts(log_rows: list[dict], trainer: Any, result: Any, resumed_step: int, 
         "selected_rows": n_rows, "train_samples": len(train_ex), "eval_samples": len(eval_ex),
         "dropped": sum(report.dropped.values()), "truncated": report.truncated, "steps": trainer.state.global_step,
         "resumed_from_step": resumed_step, "tokens_seen": tokens, "processes": world,
-        "train_seconds": round(seconds, 2), "tokens_per_second": round(tokens_session / seconds, 1) if seconds else 0.0,
+        "train_seconds": round(max(seconds, max((float(r.get("seconds", 0)) for r in log_rows), default=0.0)), 2),
+        "session_seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens_session / seconds, 1) if seconds else 0.0,
         "first_train_loss": train_losses[0] if train_losses else None,
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,
-        "train_loss_mean": round(float(result.training_loss), 5) if result.training_loss is not None else None,
+        "train_loss_mean": round(sum(train_losses) / len(train_losses), 5) if train_losses else None,
     }
 
 

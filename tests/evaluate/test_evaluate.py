@@ -226,3 +226,30 @@ def test_run_stage_takes_the_profiles_arms(parent, tmp_path):
                   overrides={"n_eval": 2}, progress=False)
     assert m["config"]["arms"] == ["base"]
     assert get_profile("offline").eval_arms == "base,selected"  # the demo trains no extra arm
+
+
+def test_kill_9_mid_generation_then_rerun_regenerates_no_finished_answer(parent, tmp_path, monkeypatch):
+    from slow_stage import kill9_when
+
+    from reflection_lab.core.runs import Journal
+    from reflection_lab.llm.local import LocalModel
+    from reflection_lab.pipeline import run_stage
+
+    profile_overrides = {"max_steps": 2, "max_new_tokens": 12}
+    overrides = {"arms": "base", "batch_size": 1}
+    ref = _copy(parent, tmp_path / "ref")
+    run_stage("evaluate", ref, PROFILE, overrides=overrides, progress=False)
+    run = _copy(parent, tmp_path / "run")
+    journal = run.root / "07_evaluate" / "generations" / "base.journal.jsonl"
+    kill9_when("evaluate", run.root, "ci", profile_overrides, overrides, journal, lines=2)
+    kept = len(Journal(journal, key="id").load())
+    assert run.manifest("evaluate")["status"] == "running" and 2 <= kept < 6
+    asked: list[int] = []
+    real = LocalModel.generate_batch
+    monkeypatch.setattr(LocalModel, "generate_batch", lambda self, prompts, **kw: (asked.append(len(prompts)),
+                                                                                   real(self, prompts, **kw))[1])
+    m = run_stage("evaluate", run, PROFILE, overrides=overrides, progress=False)
+    assert m["status"] == "complete" and asked == [6 - kept]
+    assert _numbers(load_metrics(run)) == _numbers(load_metrics(ref))
+    assert read_jsonl(run.root / "07_evaluate/generations/base.jsonl") == \
+        read_jsonl(ref.root / "07_evaluate/generations/base.jsonl")

@@ -56,8 +56,13 @@ def test_kill9_then_rerun_continues_the_same_loss_curve(tmp_path, tiny_llama_pat
 
     m = run_finetune(run, FinetuneConfig(**CFG), progress=False)
     assert m["status"] == "complete" and m["counts"]["resumed_from_step"] in (4, 8)
-    steps = [r["step"] for r in read_jsonl(run.path("finetune", "train_log.jsonl")) if r["kind"] == "train"]
-    assert steps == list(range(1, 13))  # steps logged after the checkpoint were recomputed, not duplicated
+    train_log = [r for r in read_jsonl(run.path("finetune", "train_log.jsonl")) if r["kind"] == "train"]
+    assert [r["step"] for r in train_log] == list(range(1, 13))  # steps after the checkpoint redone, not duplicated
+    # the counts and the model card cover the whole run, not only the process that finished it
+    c = m["counts"]
+    assert c["train_loss_mean"] == pytest.approx(sum(r["loss"] for r in train_log) / 12, abs=1e-5)
+    assert c["train_seconds"] >= c["session_seconds"] + 0.4 * c["resumed_from_step"]  # the killed one slept 0.4 s a step
+    assert f"resumed at step {c['resumed_from_step']}" in run.path("finetune", "MODEL_CARD.md").read_text()
 
     clean = make_selected_run(tmp_path / "clean", rows)
     run_finetune(clean, FinetuneConfig(**CFG), progress=False)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from finetune_helpers import make_selected_run, one_thread, tiny_rows
-from reflection_lab.core.runs import MissingStageError, Run, read_jsonl, write_jsonl_atomic
+from reflection_lab.core.runs import Journal, MissingStageError, Run, read_jsonl, write_jsonl_atomic
 from reflection_lab.finetune import finetuned_model
 from reflection_lab.inference import InferConfig, counts, load_generations, run_infer
 from reflection_lab.llm.local import LocalModel
@@ -127,3 +127,27 @@ def test_fine_tuned_student_generates_with_its_training_prompt(finetuned):
     base = run_infer(run, InferConfig(use_adapter=False, max_new_tokens=6, n=3, **CPU), progress=False)
     assert base["config"]["model"] == "tiny-llama" and base["config"]["adapter"] is None
     json.dumps(base)  # the manifest is plain JSON
+
+
+def test_kill_9_mid_run_then_rerun_loses_nothing_and_regenerates_no_finished_answer(tmp_path, sharp_llama,
+                                                                                      monkeypatch):
+    from slow_stage import kill9_when
+
+    from reflection_lab.pipeline import run_stage
+    from reflection_lab.profiles import get_profile
+
+    overrides = {"use_adapter": False, "student": sharp_llama, "max_new_tokens": 8, "batch_size": 1, **CPU}
+    ref = with_data(Run(tmp_path / "ref"))
+    run_stage("infer", ref, get_profile("ci"), overrides=overrides, progress=False)
+    run = with_data(Run(tmp_path / "run"))
+    journal = run.path("infer", "journal.jsonl")
+    kill9_when("infer", run.root, "ci", {}, overrides, journal, lines=2)
+    kept = len(Journal(journal, key="id").load())  # the answers that were complete when the process died
+    assert run.manifest("infer")["status"] == "running" and 2 <= kept < len(EVAL)
+    asked: list[int] = []
+    real = LocalModel.generate_batch
+    monkeypatch.setattr(LocalModel, "generate_batch", lambda self, prompts, **kw: (asked.append(len(prompts)),
+                                                                                   real(self, prompts, **kw))[1])
+    m = run_stage("infer", run, get_profile("ci"), overrides=overrides, progress=False)
+    assert asked == [len(EVAL) - kept] and m["counts"]["resumed"] == kept
+    assert run.path("infer", "generations.jsonl").read_bytes() == ref.path("infer", "generations.jsonl").read_bytes()
