@@ -1,4 +1,4 @@
-"""Test helper: the lab's OpenAI-compatible server as a real subprocess on a free loopback port.
+"""Test helper: the lab's OpenAI-compatible server (or any other) as a real subprocess on a free loopback port.
 
     with lab_server(["--model", path, "--replay", str(replay)], log=tmp / "server.log") as base:
         httpx.get(base + "/health")
@@ -24,18 +24,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def lab_server(args: list[str], log: Path) -> Iterator[str]:
+def lab_server(args: list[str], log: Path) -> contextlib.AbstractContextManager[str]:
     """Start `python -m reflection_lab.server ARGS`, wait for /health, yield its base URL, stop it afterwards."""
+    return http_server([sys.executable, "-m", "reflection_lab.server", *args], log)
+
+
+@contextlib.contextmanager
+def http_server(command: list[str], log: Path, start_s: float = 90) -> Iterator[str]:
+    """Start any server COMMAND that takes `--port N` and answers GET /health; yield its base URL; stop it."""
     out = open(log, "w")
     proc = None
     try:
         for _ in range(3):  # a free port can be taken between the probe and the bind: try another
             port = free_port()
-            proc = subprocess.Popen([sys.executable, "-m", "reflection_lab.server", *args, "--port", str(port)],
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([*command, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
             base = f"http://127.0.0.1:{port}"
-            deadline = time.time() + 90
+            deadline = time.time() + start_s
             while time.time() < deadline and proc.poll() is None:
                 try:
                     if httpx.get(base + "/health", timeout=1).status_code == 200:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hypothesis_budget import examples
 from reflection_lab.format.tags import (OUTSIDE, REFLECTION, THINKING, BlockEnd, BlockStart, ByteStreamParser,
                                         DiagnosticEvent, Event, ParsedResponse, StreamParser, TextDelta, parse)
 
@@ -210,7 +211,7 @@ texts = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=30).
 options = st.sampled_from(OPTIONS)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=texts, opts=options, data=st.data())
 def test_streaming_equals_parse_for_every_chunking(
         text: str, opts: dict[str, bool], data: st.DataObject) -> None:
@@ -220,7 +221,7 @@ def test_streaming_equals_parse_for_every_chunking(
     check_events(r, events)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(text=texts, opts=options)
 def test_one_char_chunks_equal_parse(text: str, opts: dict[str, bool]) -> None:
     r, events = stream(list(text), **opts)
@@ -228,7 +229,7 @@ def test_one_char_chunks_equal_parse(text: str, opts: dict[str, bool]) -> None:
     check_events(r, events)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(text=texts, data=st.data())
 def test_byte_chunks_equal_parse(text: str, data: st.DataObject) -> None:
     raw = text.encode("utf-8")
@@ -240,7 +241,7 @@ def test_byte_chunks_equal_parse(text: str, data: st.DataObject) -> None:
     assert p.result() == parse(text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(text=st.text(), opts=options)
 def test_never_raises_on_arbitrary_text(text: str, opts: dict[str, bool]) -> None:
     r = parse(text, **opts)
@@ -255,7 +256,7 @@ def test_never_raises_on_arbitrary_text(text: str, opts: dict[str, bool]) -> Non
         assert r.output_blocks
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(raw=st.binary(max_size=64))
 def test_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
     p = ByteStreamParser(truncated=True)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypothesis_budget import examples
 from reflection_lab.llm.scripted import ScriptedModel, ScriptedStream
 from reflection_lab.format.tags import parse
 from reflection_lab.inference.viewer import (CompareViewer, ReflectionViewer, StreamView, Throttle,
@@ -51,7 +52,7 @@ def test_panes_fill_as_chunks_arrive_and_match_the_parse(n):
     assert v.status == "done" and v.summary()["reflections"] == 2
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=40), st.sampled_from([GOOD, GOOD[:70], "no tags at all",
                                                                              "<output>x</output><thinking>y"]))
 def test_any_chunking_gives_the_same_panes_as_one_chunk(sizes, text):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from hypothesis_budget import examples
 from reflection_lab.reflect import parse_instruction_reflection, parse_response_reflection, parse_section
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ def _starts_a_section(body: str) -> bool:
                for m in _MARKER_LINE.finditer(body))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(before=_safe, middle=st.lists(st.sampled_from(["End", "Endpoint", "weekend", "end", "END:", "Ending"]),
                                      max_size=4), after=_safe)
 @example(before="0", middle=[], after="BETTER ANSWER")  # a bare marker line inside the answer once cut it
