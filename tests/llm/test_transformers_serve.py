@@ -105,4 +105,5 @@ def test_streamed_and_whole_generation_match_the_local_model(served):
     mine = local.generate(messages, max_new_tokens=MAX_TOKENS)
     assert len(pieces) > 1, "the reply arrived in one piece: it was not streamed"
     assert "".join(pieces) == whole.text
-    assert _bytes_as_one_mark(whole.text) == _bytes_as_one_mark(mine.text) and whole.finish_reason == mine.finish_reason == "length"
+    assert _bytes_as_one_mark(whole.text) == _bytes_as_one_mark(mine.text)
+    assert whole.finish_reason == mine.finish_reason == "length"
