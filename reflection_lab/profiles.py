@@ -13,7 +13,8 @@ from typing import Any
 
 from .core.config import ConfigError, check_fields
 from .core.devices import DEVICES, DTYPES
-from .format.templates import TEMPLATES
+from .format.templates import PUBLISHED_TEMPLATES, TEMPLATES
+from .scoring.encode import SCORING_MODES
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Profile:
     max_length: int = 1024  # tokens per scored or trained sequence
     score_batch_tokens: int = 4096  # token budget of one scoring batch (padding included)
     quant4_scoring: bool = False
+    scoring_mode: str = "lab"  # "lab" (exact spans) or "reference" (the published IFD code; template vicuna/alpaca)
     # selection (see selection.SelectConfig)
     ifd_max: float = 1.0
     rifd_max: float = 1.0
@@ -84,6 +86,11 @@ class Profile:
             raise bad("device", f"must be one of {DEVICES}")
         if self.template not in TEMPLATES:
             raise bad("template", f"must be one of {TEMPLATES}")
+        if self.scoring_mode not in SCORING_MODES:
+            raise bad("scoring_mode", f"must be one of {SCORING_MODES}")
+        if self.scoring_mode == "reference" and self.template not in PUBLISHED_TEMPLATES:
+            raise bad("template", f"has no published prompt for scoring_mode='reference': use one of "
+                                  f"{PUBLISHED_TEMPLATES} (--set template=vicuna, the published default)")
 
     def as_dict(self) -> dict:
         return asdict(self)

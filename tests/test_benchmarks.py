@@ -14,6 +14,7 @@ QUICK = {
     "bench_tags.py": ["--quick", "--repeats", "1"],
     "bench_scoring.py": ["--models", "tiny-llama", "--n", "6"],
     "bench_selection.py": ["--n", "2000", "--repeats", "2"],
+    "measure_scoring_modes.py": ["--model", "tiny-llama", "--n", "2"],
     "bench_reflect.py": ["--n", "8", "--latency-s", "0.05", "--concurrency", "1,4"],
     # 2 optimizer steps per arm still load the 4-bit model, build both trainers and time them (~12 s here).
     "bench_train.py": ["--steps", "2", "--batch-size", "2", "--max-length", "256"],

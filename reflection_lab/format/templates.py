@@ -13,15 +13,31 @@ TEMPLATES = ("chat", "plain", "alpaca", "vicuna")
 _ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                  "Write a response that appropriately completes the request.\n\n"
                  "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-_ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-           "### Instruction:\n{instruction}\n\n### Response:\n")
-_VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-           "detailed, and polite answers to the user's questions. USER: {instruction} ASSISTANT: ")
+_ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+           "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+_VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                  "helpful, detailed, and polite answers to the user's questions.")
+_VICUNA = _VICUNA_SYSTEM + " USER: {instruction} ASSISTANT: "
 
 # The project's own wording of "guess the instruction that this response answers" (r-IFD's reverse prompt).
 REVERSE_HEAD = ("Here is a reply that an assistant wrote. Work out what the user asked for: write the exact "
                 "instruction this reply is answering.\n\nReply:\n")
 REVERSE_TAIL = "\n\nThe instruction was:"
+
+# Reference scoring mode (scoring_mode="reference"): the prompts of the published selection code
+# (tianyi-lab/Reflection_Tuning, selection_code/), needed verbatim to reproduce its numbers. They end
+# with no separator: the answer's text follows the last colon directly, and the whole text is tokenised
+# at once. Only these two of its prompts have a lab counterpart (its third, "wiz", has none here).
+PUBLISHED_TEMPLATES = ("vicuna", "alpaca")
+_PUBLISHED = {
+    "vicuna": (_VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:",
+               _VICUNA_SYSTEM + " USER: {instruction}\nInput:\n{input} ASSISTANT:"),
+    "alpaca": (_ALPACA.rstrip("\n"), _ALPACA_INPUT.rstrip("\n")),
+}
+# The published r-IFD request, quoted because reference mode must score exactly this text (the lab's own
+# wording is REVERSE_HEAD / REVERSE_TAIL above).
+_PUBLISHED_REVERSE = ("Below is the response to an instruction, please guess the corresponding instruction for the "
+                      "given response.\n{answer}\nGenerate the instruction for the above response.")
 
 _SLOT = "\ue000"  # a private-use character: marks where a truncatable text goes in a rendered prompt
 
@@ -65,3 +81,29 @@ def render_split(tokenizer, template: str, head: str, tail: str) -> tuple[str, s
         raise ValueError(f"template {template!r} did not keep the content verbatim; cannot place the answer")
     before, after = text.split(_SLOT)
     return before, after
+
+
+def split_separator(prompt: str) -> tuple[str, str]:
+    """(prompt without its trailing spaces, those spaces).
+
+    Why: in running text a word carries the space before it (" The"). A prompt that ends in a space
+    ("ASSISTANT: "), tokenised apart from its answer, would put a lone space token before an answer
+    token that has lost its space, a pair the model never saw; the space belongs to the answer.
+    """
+    core = prompt.rstrip(" ")
+    return core, prompt[len(core):]
+
+
+def published_prompt(template: str, instruction: str, input: str = "") -> str:
+    """The published selection code's prompt before an answer (reference scoring mode)."""
+    if template not in _PUBLISHED:
+        raise ValueError(f"scoring_mode='reference' has the published prompts {PUBLISHED_TEMPLATES} only, "
+                         f"not {template!r}; set template='vicuna' (the published default)")
+    no_input, with_input = _PUBLISHED[template]
+    return with_input.format(instruction=instruction, input=input) if input else no_input.format(
+        instruction=instruction)
+
+
+def published_reverse(template: str, answer: str) -> str:
+    """The published r-IFD prompt: its request wrapping the answer, in the no-input prompt."""
+    return published_prompt(template, _PUBLISHED_REVERSE.format(answer=answer))

@@ -20,8 +20,9 @@ from typing import Any
 from ..core.config import ConfigError, StageConfig
 from ..core.runs import VARIANTS, Journal, Run, read_jsonl, records_failure, write_jsonl_atomic
 from ..core.runtime import process_group
-from ..format.templates import TEMPLATES
-from .encode import PairEncoder, combine
+from ..format.templates import PUBLISHED_TEMPLATES, TEMPLATES
+from .encode import ENCODING_VERSIONS, SCORING_MODES, PairEncoder, combine, make_encoder
+from .published import PublishedEncoder
 from .items import Item, ItemLoss, Missing
 
 LAYOUTS = ("auto", "right", "left", "packed", "shared")
@@ -31,7 +32,8 @@ DEFINITIONS = {"ifd": "PPL(A|Q)/PPL(A)", "ifd_loss": "s(A|Q)/s(A)", "rifd": "PPL
 
 @dataclass(frozen=True)
 class ScoreConfig(StageConfig):
-    """The student, the prompt template and the length limit decide the scores; the rest only the speed."""
+    """The student, the prompt template, the length limit and the scoring mode decide the scores; the rest only
+    the speed. `scoring_mode="reference"` reproduces the published selection code's numbers (published.py)."""
 
     STAGE = "score"
     # Knobs that change speed, not scores: left out of the fingerprint, so a run killed by an
@@ -47,10 +49,17 @@ class ScoreConfig(StageConfig):
     dtype: str = "auto"
     device: str = "auto"
     padding_side: str = "auto"  # auto: shared-prefix rows on a CPU, right-padded batches on a GPU
+    scoring_mode: str = "lab"  # "lab": exact spans; "reference": the published procedure (template vicuna/alpaca)
 
     def validate(self) -> None:
         if self.template not in TEMPLATES:
             raise ConfigError(f"ScoreConfig.template must be one of {TEMPLATES}, not {self.template!r}")
+        if self.scoring_mode not in SCORING_MODES:
+            raise ConfigError(f"ScoreConfig.scoring_mode must be one of {SCORING_MODES}, not {self.scoring_mode!r}")
+        if self.scoring_mode == "reference" and self.template not in PUBLISHED_TEMPLATES:
+            raise ConfigError(f"ScoreConfig.template={self.template!r} has no published counterpart: "
+                              f"scoring_mode='reference' needs one of {PUBLISHED_TEMPLATES} "
+                              "(set template='vicuna', the published default)")
         if self.padding_side not in LAYOUTS:
             raise ConfigError(f"ScoreConfig.padding_side must be one of {LAYOUTS}, not {self.padding_side!r}")
         for name in ("max_length", "batch_tokens", "max_batch_size"):
@@ -61,15 +70,19 @@ class ScoreConfig(StageConfig):
     def profile_values(cls, profile: Any) -> dict[str, Any]:
         return {"student": profile.student, "template": profile.template, "max_length": profile.max_length,
                 "batch_tokens": profile.score_batch_tokens, "quant4": profile.quant4_scoring,
-                "dtype": profile.dtype, "device": profile.device}
+                "dtype": profile.dtype, "device": profile.device, "scoring_mode": profile.scoring_mode}
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The config plus the version of what its mode encodes: a changed encoding rescored, never reused."""
+        return self.as_dict() | {"encoding": ENCODING_VERSIONS[self.scoring_mode]}
 
 
 def score_pair(model: Any, tokenizer: Any, instruction: str, answer: str, input: str = "", *, template: str = "chat",
-               max_length: int = 1024) -> dict:
+               max_length: int = 1024, scoring_mode: str = "lab") -> dict:
     """All six scores of one pair: handy in a notebook cell."""
     from .engine import LossEngine
 
-    enc = PairEncoder(tokenizer, template=template, max_length=max_length)
+    enc = make_encoder(tokenizer, mode=scoring_mode, template=template, max_length=max_length)
     items, info = enc.items(instruction, input, answer)
     losses = LossEngine(model, pad_id=tokenizer.pad_token_id).score([it for it in items.values()
                                                                       if isinstance(it, Item)])
@@ -79,7 +92,7 @@ def score_pair(model: Any, tokenizer: Any, instruction: str, answer: str, input:
 Plan = list[tuple[str, str, dict[str, Item | Missing], dict]]
 
 
-def plan_items(rows: list[dict], enc: PairEncoder) -> Plan:
+def plan_items(rows: list[dict], enc: PairEncoder | PublishedEncoder) -> Plan:
     """(sample id, variant, its four passes, token counts) for every version of every sample."""
     plan: Plan = []
     for row in rows:
@@ -110,7 +123,7 @@ def run_score(run: Run, config: ScoreConfig | None = None, *, force: bool = Fals
     from .engine import LossEngine
 
     config = config or ScoreConfig()
-    cfg = config.as_dict()
+    cfg = config.fingerprinted()
     run.require("reflect")
     if not force and run.is_current("score", cfg):
         return run.manifest("score")
@@ -123,7 +136,8 @@ def run_score(run: Run, config: ScoreConfig | None = None, *, force: bool = Fals
     mdl = model if model is not None else load_model(config.student, quant4=config.quant4, device=config.device,
                                                      dtype=config.dtype)
     plan = plan_items(read_jsonl(run.path("reflect", "reflections.jsonl")),
-                      PairEncoder(tok, template=config.template, max_length=config.max_length))
+                      make_encoder(tok, mode=config.scoring_mode, template=config.template,
+                                   max_length=config.max_length))
     stage_dir = run.stage_dir("score")
     mine = Journal(stage_dir / f"passes-{fp[:12]}.rank{rank}of{world}.jsonl")
 
@@ -160,9 +174,12 @@ def _write_scores(run: Run, cfg: dict, fp: str, plan: Plan, tok: Any, seconds: f
             missing[scores["missing"]] = missing.get(scores["missing"], 0) + 1
         a_q, a = items["a_q"], items["a"]
         if isinstance(a_q, Item) and isinstance(a, Item):
+            # Reference mode's direct pass may score fewer tokens (no start token): align at the answer's end.
+            n = min(len(a_q.target), len(a.target))
             token_rows.append({"id": sid, "variant": variant,
-                               "tokens": [tok.decode([t]) for t in a_q.target],
-                               "cond": losses[a_q.key].losses, "direct": losses[a.key].losses})
+                               "tokens": [tok.decode([t]) for t in a_q.target[len(a_q.target) - n:]],
+                               "cond": losses[a_q.key].losses[len(a_q.target) - n:],
+                               "direct": losses[a.key].losses[len(a.target) - n:]})
     write_jsonl_atomic(run.path("score", "scores.jsonl"), list(by_id.values()))
     write_jsonl_atomic(run.path("score", "token_losses.jsonl"), token_rows)
     counts = {"samples": len(by_id), "versions": len(plan), "missing": sum(missing.values()),

@@ -56,7 +56,8 @@ class SelectConfig(StageConfig):
     where P is the number of pairs still kept before the cut (top_k_of="kept") or every scored
     sample (top_k_of="all", as in Cherry's select_from_ifd_json). Ties go to the earlier sample.
     score_form: "ppl" uses ifd / rifd (perplexity ratio, the default of the later reference code);
-    "loss" uses ifd_loss / rifd_loss (Cherry's first form). Both cross 1 at the same point.
+    "loss" uses ifd_loss / rifd_loss (the loss ratio Reflection-Tuning's code also stores). Both cross 1
+    at the same point.
     """
 
     STAGE = "select"

@@ -118,9 +118,10 @@ def test_answer_span_is_exact_and_both_passes_score_the_same_tokens(student):
     assert info["n_answer_tokens"] == len(items["a"].target)
 
 
-def test_start_token_falls_back_to_eos_when_there_is_no_bos():
+def test_start_token_falls_back_to_end_of_text_when_there_is_no_bos():
     tok = load_tokenizer("tiny-llama")
     tok.bos_token = None
+    tok.chat_template = None  # so <|end|> closes no chat turn here
     assert start_token_id(tok) == tok.eos_token_id
 
 
