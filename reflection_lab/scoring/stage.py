@@ -80,13 +80,21 @@ class ScoreConfig(StageConfig):
 def score_pair(model: Any, tokenizer: Any, instruction: str, answer: str, input: str = "", *, template: str = "chat",
                max_length: int = 1024, scoring_mode: str = "lab") -> dict:
     """All six scores of one pair: handy in a notebook cell."""
+    return score_pairs(model, tokenizer, [(instruction, input, answer)], template=template, max_length=max_length,
+                       scoring_mode=scoring_mode)[0]
+
+
+def score_pairs(model: Any, tokenizer: Any, pairs: list[tuple[str, str, str]], *, template: str = "chat",
+                max_length: int = 1024, scoring_mode: str = "lab") -> list[dict]:
+    """The six scores of many (instruction, input, answer) triples with one engine: e.g. the same few
+    samples in both scoring modes, side by side in notebook 03."""
     from .engine import LossEngine
 
     enc = make_encoder(tokenizer, mode=scoring_mode, template=template, max_length=max_length)
-    items, info = enc.items(instruction, input, answer)
-    losses = LossEngine(model, pad_id=tokenizer.pad_token_id).score([it for it in items.values()
-                                                                      if isinstance(it, Item)])
-    return combine(items, info, losses)
+    plan = [enc.items(q, i, a) for q, i, a in pairs]
+    losses = LossEngine(model, pad_id=tokenizer.pad_token_id).score(
+        [it for items, _ in plan for it in items.values() if isinstance(it, Item)])
+    return [combine(items, info, losses) for items, info in plan]
 
 
 Plan = list[tuple[str, str, dict[str, Item | Missing], dict]]

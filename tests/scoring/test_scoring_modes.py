@@ -11,7 +11,7 @@ from reflection_lab.core.runs import read_jsonl
 from reflection_lab.format.templates import published_prompt, render_forward
 from reflection_lab.models import load_model, load_tokenizer
 from reflection_lab.profiles import get_profile
-from reflection_lab.scoring import PairEncoder, ScoreConfig, combine, run_score, start_token_id
+from reflection_lab.scoring import PairEncoder, ScoreConfig, combine, run_score, score_pairs, start_token_id
 from reflection_lab.scoring.encode import make_encoder
 from reflection_lab.scoring.engine import LossEngine
 from reflection_lab.scoring.items import Item, Missing
@@ -42,11 +42,7 @@ def _no_bos(tok):
 
 
 def _reference_rows(model, tok, samples, template, max_length):
-    enc = make_encoder(tok, mode="reference", template=template, max_length=max_length)
-    plan = [enc.items(q, i, a) for q, i, a in samples]
-    losses = LossEngine(model, pad_id=tok.pad_token_id, batch_tokens=2048).score(
-        [it for items, _ in plan for it in items.values() if isinstance(it, Item)])
-    return [combine(items, info, losses) for items, info in plan]
+    return score_pairs(model, tok, samples, template=template, max_length=max_length, scoring_mode="reference")
 
 
 def _assert_matches(got_rows, samples, model, tok, template, max_length, label):
