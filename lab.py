@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,38 @@ def _install_key() -> str:
     return h.hexdigest()
 
 
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA driver is present (its device node, its /proc entry or nvidia-smi on PATH)."""
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi") is not None
+
+
+def pip_configured() -> bool:
+    """The user told pip where packages come from (an index or a wheel folder): respect it."""
+    if any(os.environ.get(k) for k in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS")):
+        return True
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    return any(k in out.stdout for k in ("index-url", "find-links"))
+
+
+def torch_index_args(env: dict[str, str], system: str, machine: str, nvidia: bool, configured: bool) -> list[str]:
+    """pip arguments that choose torch's build, and why.
+
+    Why: on Linux the default index serves the CUDA build (gigabytes of CUDA wheels), useless without an
+    NVIDIA GPU. LAB_TORCH_INDEX wins ("default": pip's own choice); else a Linux x86-64 machine without an
+    NVIDIA GPU and without its own pip index settings gets PyTorch's CPU index. macOS and Windows get
+    CPU builds from the default index already.
+    """
+    chosen = env.get("LAB_TORCH_INDEX", "").strip()
+    if chosen:
+        return [] if chosen == "default" else ["--index-url", chosen]
+    if system == "Linux" and machine in ("x86_64", "AMD64") and not nvidia and not configured:
+        return ["--index-url", CPU_TORCH_INDEX]
+    return []
+
+
 def ensure_venv() -> None:
     if sys.version_info < (3, 10):
         sys.exit(f"reflection-lab needs Python 3.10 or newer; this is {sys.version.split()[0]}")
@@ -45,8 +79,11 @@ def ensure_venv() -> None:
         return
     _say("installing reflection-lab with the tested constraints (first time: a few minutes)")
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    # torch first and alone, so the pinned (CPU on this kind of machine) build is chosen before anything else.
-    subprocess.run(pip + ["-c", str(ROOT / "constraints.txt"), "torch"], check=True)
+    # torch first and alone, so the build chosen here (CPU without an NVIDIA GPU) comes before anything else.
+    index = torch_index_args(dict(os.environ), platform.system(), platform.machine(), has_nvidia_gpu(),
+                             pip_configured())
+    _say("torch from " + (index[1] if index else "pip's configured index") + " (LAB_TORCH_INDEX to change)")
+    subprocess.run(pip + ["-c", str(ROOT / "constraints.txt"), *index, "torch"], check=True)
     subprocess.run(pip + ["-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[all,dev]"], check=True)
     STAMP.write_text(key)
 

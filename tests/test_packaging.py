@@ -121,3 +121,27 @@ def test_cli_bad_profile_or_field_is_an_error_line(tmp_path, capsys, args, says)
     assert cli.main(["select", "--run", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and says in err
+
+
+def _lab_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lab_script", ROOT / "lab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("env, system, machine, nvidia, configured, expected", [
+    ({}, "Linux", "x86_64", False, False, ["--index-url", "https://download.pytorch.org/whl/cpu"]),
+    ({}, "Linux", "x86_64", True, False, []),           # an NVIDIA GPU: the default index's CUDA build
+    ({}, "Linux", "x86_64", False, True, []),           # pip has its own index or wheel folder: respected
+    ({}, "Darwin", "arm64", False, False, []),          # macOS and Windows get CPU builds by default
+    ({}, "Windows", "AMD64", False, False, []),
+    ({}, "Linux", "aarch64", False, False, []),         # no CPU index needed for ARM Linux wheels
+    ({"LAB_TORCH_INDEX": "https://example.org/whl"}, "Linux", "x86_64", True, True, ["--index-url",
+                                                                                     "https://example.org/whl"]),
+    ({"LAB_TORCH_INDEX": "default"}, "Linux", "x86_64", False, False, []),
+])
+def test_lab_py_picks_the_cpu_build_of_torch_only_where_it_helps(env, system, machine, nvidia, configured, expected):
+    assert _lab_module().torch_index_args(env, system, machine, nvidia, configured) == expected
