@@ -48,6 +48,8 @@ class Profile:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     tags_as_special_tokens: bool = False
+    report_to: str = "none"  # training logs also to "tensorboard", "trackio" or "wandb" (when installed)
+    merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/
     # inference / evaluation
     max_new_tokens: int = 256
     # arms the `evaluate` stage runs from the CLI and `reflection-lab run` (notebook 07 runs all five):

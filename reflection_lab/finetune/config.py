@@ -9,6 +9,8 @@ from ..core.config import ConfigError, StageConfig
 from ..core.errors import LabError
 
 METHODS = ("qlora", "lora", "full")
+REPORTERS = ("none", "tensorboard", "trackio", "wandb")
+REPORTER_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
 OOM_ADVICE = ("lower batch_size (and raise grad_accum to keep the effective batch), lower max_length, "
               "use quant4 (method='qlora'), and keep gradient_checkpointing=True")
 
@@ -30,6 +32,7 @@ class FinetuneConfig(StageConfig):
     """Everything the result depends on (it is the stage fingerprint's config)."""
 
     STAGE = "finetune"
+    RUNTIME = ("report_to",)  # where logs also go does not change the trained weights
 
     student: str = "tiny-llama"
     method: str = "qlora"  # "qlora" (4-bit base + LoRA), "lora" (full-precision base + LoRA), "full"
@@ -63,6 +66,7 @@ class FinetuneConfig(StageConfig):
     dtype: str = "auto"
     device: str = "auto"
     merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/
+    report_to: str = "none"  # train_log.jsonl always; also "tensorboard", "trackio" or "wandb"
 
     @classmethod
     def profile_values(cls, profile: Any) -> dict[str, Any]:
@@ -71,7 +75,7 @@ class FinetuneConfig(StageConfig):
                     learning_rate=profile.learning_rate, lora_r=profile.lora_r, lora_alpha=profile.lora_alpha,
                     lora_dropout=profile.lora_dropout, tags_as_special_tokens=profile.tags_as_special_tokens,
                     template=profile.template, max_length=profile.max_length, seed=profile.seed,
-                    dtype=profile.dtype, device=profile.device)
+                    dtype=profile.dtype, device=profile.device, merge=profile.merge, report_to=profile.report_to)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -79,8 +83,22 @@ class FinetuneConfig(StageConfig):
         for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"FinetuneConfig.{name} must be at least 1, not {getattr(self, name)}")
+        if self.report_to not in REPORTERS:
+            raise ConfigError(f"FinetuneConfig.report_to must be one of {REPORTERS}, not {self.report_to!r}")
         if self.overflow not in ("truncate", "drop"):
             raise ConfigError(f"FinetuneConfig.overflow must be 'truncate' or 'drop', not {self.overflow!r}")
+
+    def reporters(self) -> list[str]:
+        """The Trainer's `report_to` list; a missing logger package fails here, before any training starts."""
+        import importlib.util
+
+        if self.report_to == "none":
+            return []
+        package = REPORTER_PACKAGES[self.report_to]
+        if importlib.util.find_spec(package) is None:
+            raise FinetuneError(f"report_to={self.report_to!r} needs the package {package!r}, which is not "
+                                f"installed: pip install {package} (or set report_to=none)")
+        return [self.report_to]
 
     def auto_steps(self) -> tuple[int, int]:
         every = max(1, min(50, self.max_steps // 5))

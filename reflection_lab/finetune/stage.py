@@ -59,6 +59,7 @@ def run_finetune(run: Run, config: FinetuneConfig | None = None, *, force: bool 
     """
     config = config or FinetuneConfig()
     cfg = config.as_dict()
+    config.reporters()  # a missing logger package fails now, not after the model has loaded
     select_m = run.require("select")
     if not force and run.is_current("finetune", cfg):
         return run.manifest("finetune") or {}

@@ -41,7 +41,7 @@ def training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: bo
         use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,  # CPU DDP needs both
         bf16=cuda and info.dtype == "bfloat16", fp16=cuda and info.dtype == "float16",
         **checkpointing_args(config.gradient_checkpointing), ddp_find_unused_parameters=False,
-        report_to=[], disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
+        report_to=config.reporters(), disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
         prediction_loss_only=True,  # eval needs the loss only; keeping eval logits costs batch x length x vocab
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, save_only_model=False,
     )
