@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
-
-from typing import Any
+from typing import Any, Sequence
 
 from .core.devices import environment_report, pick_device
-from .core.runs import Run
+from .core.runs import STAGES, Run
 from .core.runtime import in_notebook, on_colab, package_version
+from . import pipeline
 from .profiles import PROFILES, Profile, get_profile
 
 REPO_URL = "https://github.com/reflection-lab/reflection-lab"
+COLAB_HOME = Path("/content/reflection-lab")
+COLAB_EXTRAS = ("notebook", "train", "teacher", "offline")
+COLAB_PROVIDES = {"torch", "jupyterlab", "ipykernel", "notebook"}  # Colab's own pins: never replaced
 # Rough GPU memory a profile needs (GiB), for the warning in the first cell.
 PROFILE_GPU_GIB = {"colab-t4": 6.0, "gpu": 12.0}
 _PRELOADED = ("torch", "transformers", "datasets", "accelerate", "peft")
@@ -60,18 +64,85 @@ def restart_needed() -> list[str]:
     return stale
 
 
-def colab_install(extras: str = "all", ref: str = "main") -> str:
-    """On Colab only: clone the repository (notebooks need its data/ folder) and pip install it."""
+def lab_source() -> tuple[str, str]:
+    """(repository URL or local folder, git ref) the Colab install uses: REFLECTION_LAB_REPO / _REF, else main."""
+    return os.environ.get("REFLECTION_LAB_REPO", REPO_URL), os.environ.get("REFLECTION_LAB_REF", "main")
+
+
+def colab_requirements(pyproject: Path, extras: Sequence[str] = COLAB_EXTRAS) -> list[str]:
+    """The lab's requirements with `extras`, less what a Colab runtime brings itself (torch, Jupyter)."""
+    import tomllib
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        reqs += project["optional-dependencies"].get(extra, [])
+    return [r for r in reqs if _req_name(r) not in COLAB_PROVIDES]
+
+
+def _req_name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def missing_requirements(requirements: Sequence[str]) -> list[str]:
+    """Those not installed, or installed at a version outside their range (pip installs only these)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for text in requirements:
+        req = Requirement(text)
+        try:
+            if not req.specifier.contains(version(req.name), prereleases=True):
+                missing.append(text)
+        except PackageNotFoundError:
+            missing.append(text)
+    return missing
+
+
+def colab_install(extras: Sequence[str] = COLAB_EXTRAS) -> str:
+    """On Colab only: fetch the lab (notebooks need its data/ folder) and install what the runtime lacks.
+
+    Why not `pip install .[all]`: Colab pins its own torch, jupyterlab and ipykernel; replacing them costs
+    minutes and can break the runtime. REFLECTION_LAB_REPO (a URL or a local folder) and REFLECTION_LAB_REF
+    choose the source. After an install that changed imported packages, `setup()` says to restart.
+    """
     if not on_colab():
         return "not on Colab: nothing installed (use `python lab.py demo` or `pip install -e .[all]`)"
     import subprocess
 
-    target = Path("/content/reflection-lab")
+    source, ref = lab_source()
+    target = Path(source) if Path(source).is_dir() else COLAB_HOME
     if not target.exists():
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", ref, REPO_URL, str(target)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{target}[{extras}]"], check=True)
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", ref, source, str(target)], check=True)
+    missing = missing_requirements(colab_requirements(target / "pyproject.toml", extras))
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    if missing:
+        subprocess.run(pip + missing, check=True)
+    subprocess.run(pip + ["--no-deps", "-e", str(target)], check=True)
     os.chdir(target / "notebooks")
-    return f"installed reflection-lab from {REPO_URL} into {target}"
+    return f"reflection-lab from {source} ({ref}) in {target}; installed: {', '.join(missing) or 'nothing else needed'}"
+
+
+def drive_run_dir(run_dir: str, use_drive: bool) -> str:
+    """On Colab with `use_drive`: mount Google Drive and keep the run there, so a disconnect loses nothing.
+
+    The run lands in MyDrive/reflection-lab/<name of run_dir>; every notebook with the same RUN_DIR and
+    USE_DRIVE finds it, and long stages resume from their journals there as they do on a local disk.
+    """
+    if not use_drive:
+        return run_dir
+    if not on_colab():
+        print(f"USE_DRIVE is for Colab; keeping the run directory {run_dir}")
+        return run_dir
+    from google.colab import drive
+
+    mount = Path(os.environ.get("REFLECTION_LAB_DRIVE_MOUNT", "/content/drive"))
+    drive.mount(str(mount))
+    path = mount / "MyDrive" / "reflection-lab" / Path(run_dir).name
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 def notebook_params(default_profile: str = "offline", default_run: str = "../runs/workshop") -> dict:
@@ -80,6 +151,7 @@ def notebook_params(default_profile: str = "offline", default_run: str = "../run
         "profile": os.environ.get("REFLECTION_LAB_PROFILE", default_profile),
         "run_dir": os.environ.get("REFLECTION_LAB_RUN", default_run),
         "overrides": json.loads(os.environ.get("REFLECTION_LAB_OVERRIDES", "{}")),
+        "use_drive": os.environ.get("REFLECTION_LAB_USE_DRIVE", "") == "1",
     }
 
 
@@ -150,3 +222,22 @@ def start(notebook: str, profile: str, run_dir: str, overrides: dict[str, Any] |
         print("run directory:", run.root.resolve())
         print("stages:", run.status())
     return prof, run
+
+
+def ensure_stages(run: Run, profile: Profile, needs: str | Sequence[str], *, progress: bool = True) -> list[str]:
+    """Build the earlier stages this notebook needs when the run lacks them (`pipeline.ensure_stages`).
+
+    Says first what it will run and what that cost when measured, so a learner who opened one notebook
+    alone (a fresh Colab runtime) knows what the wait is; a run that has them goes on at once.
+    """
+    todo = pipeline.missing_stages(run, needs)
+    if not todo:
+        print(f"inputs ready in {run.root}: {', '.join(pipeline.stages_needed(needs))}")
+        return []
+    column = "ci" if profile.name == "ci" else "idle"
+    costs = ", ".join(f"{STAGES[s].notebook[:2]}: {NOTEBOOK_TIMES.get(STAGES[s].notebook[:2], {}).get(column, '?')}"
+                      for s in todo)
+    print(f"building {', '.join(todo)} first, as notebooks {STAGES[todo[0]].notebook[:2]}-"
+          f"{STAGES[todo[-1]].notebook[:2]} would (measured at CI sizes on a 2-core CPU: {costs}; "
+          f"the whole lab with profile {profile.name!r}: {profile.time_note})")
+    return pipeline.ensure_stages(run, profile, needs, progress=progress)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from .core.runs import Run
+from .core.errors import LabError
+from .core.runs import STAGES, Run
 from .profiles import Profile
 
 # stage -> (module, config class, stage function); imported on first use, so `import pipeline` stays light
@@ -64,3 +65,46 @@ def run_pipeline(run: Run, profile: Profile, *, stages: list[str] | None = None,
         counts = results[stage].get("counts", {})
         log(f"   done in {time.perf_counter() - t0:.1f} s; " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return results
+
+
+def stages_needed(needs: str | Sequence[str]) -> list[str]:
+    """`needs` and every stage they require, transitively, in pipeline order."""
+    wanted, todo = set(), [needs] if isinstance(needs, str) else list(needs)
+    while todo:
+        stage = todo.pop()
+        if stage not in STAGES:
+            raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        if stage not in wanted:
+            wanted.add(stage)
+            todo.extend(STAGES[stage].requires)
+    return [s for s in STAGES if s in wanted]
+
+
+def missing_stages(run: Run, needs: str | Sequence[str]) -> list[str]:
+    """The needed stages to run: from the first one the run lacks (or holds broken) on, in order.
+
+    Why everything after the first gap: a rebuilt earlier stage changes the inputs of the later ones; their
+    functions reuse a result whose inputs did not change, so running them again costs nothing then.
+    """
+    needed = stages_needed(needs)
+    for i, stage in enumerate(needed):
+        try:
+            run.require(stage)
+        except LabError:
+            return needed[i:]
+    return []
+
+
+def ensure_stages(run: Run, profile: Profile, needs: str | Sequence[str], *, progress: bool = True,
+                  log: Callable[[str], Any] = print) -> list[str]:
+    """Run the earlier stages `needs` depends on that `run` lacks, with `profile`; returns the stages run.
+
+    Why: a notebook opened alone (Colab gives each one a fresh runtime and disk) finds no earlier results;
+    building them with the same profile lets it run top to bottom, and a run that has them loses nothing.
+    """
+    todo = missing_stages(run, needs)
+    if todo:
+        log(f"{run.root} lacks {', '.join(todo)}: running {'it' if len(todo) == 1 else 'them'} now "
+            f"with profile {profile.name!r}")
+        run_pipeline(run, profile, stages=todo, progress=progress, log=log)
+    return todo

@@ -36,7 +36,7 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 # batch_size 2: fine-tuning SmolLM2 dominates the CPU time (about 100 s per step of 4 samples here).
 CI_OVERRIDES = {"n_samples": 8, "n_eval": 4, "max_steps": 6, "batch_size": 2, "max_new_tokens": 96,
                 "keep_unreflected_answers": True}
-PARAM_NAMES = ("PROFILE", "RUN_DIR", "OVERRIDES")
+PARAM_NAMES = ("PROFILE", "USE_DRIVE", "RUN_DIR", "OVERRIDES")
 
 
 def _read(path: Path):
