@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="the lab's OpenAI-compatible server; its options: reflection-lab serve -h")
     st = sub.add_parser("status", help="which stages of a run are done")
     st.add_argument("--run", required=True)
+    ex = sub.add_parser("export", help="merged fp16 model with a hub model card; optionally push to the Hub")
+    ex.add_argument("--run", required=True)
+    ex.add_argument("--merged", action="store_true", help="write <run>/export/merged (LoRA folded into fp16)")
+    ex.add_argument("--out", help="folder for the merged model (default <run>/export/merged)")
+    ex.add_argument("--push", metavar="REPO", help="push adapter, merged model and 04_select data to owner/name")
+    ex.add_argument("--private", action="store_true", help="create the Hub repos private")
     for stage in STAGE_FUNCTIONS:
         sp = sub.add_parser(stage, help=f"run stage '{stage}'")
         _common(sp)
@@ -236,6 +242,12 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         for m in args.models:
             print(m, "->", resolve_model(m))
+        return 0
+    if args.cmd == "export":
+        from .finetune.export import export_run
+
+        print(json.dumps(export_run(Run(args.run), merged=args.merged, push=args.push, private=args.private,
+                                    out_dir=args.out), indent=1))
         return 0
     if args.cmd == "status":
         for stage, state in Run(args.run).status().items():
