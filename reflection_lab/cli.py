@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         if stage == "infer":
             sp.add_argument("--base", action="store_true", default=None, help="the base student, no adapter")
             sp.add_argument("--preset", choices=["greedy", "reflection", "creative"])
+            sp.add_argument("--generator", help="local (default) | openai | openai:<model>: an OpenAI-compatible "
+                                                "endpoint (vLLM, TGI, Ollama, reflection-lab serve)")
+            sp.add_argument("--generator-url", help="the endpoint's base URL (default: REFLECTION_LAB_INFER_BASE_URL "
+                                                    "or OPENAI_BASE_URL)")
         if stage == "select":
             sp.add_argument("--ifd-max", type=float)
             sp.add_argument("--rifd-max", type=float)
@@ -117,7 +121,7 @@ STAGE_FLAGS: dict[str, dict[str, str]] = {
     "reflect": {k: k for k in ("teacher", "style", "concurrency", "timeout_s", "max_retries", "max_tokens")},
     "select": {k: k for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
                               "drop_refusals", "keep_unreflected_answers", "score_form")},
-    "infer": {"preset": "preset"},
+    "infer": {"preset": "preset", "generator": "generator", "generator_url": "generator_url"},
     "evaluate": {k: k for k in ("arms", "judge", "judge_model", "n_eval", "eval_data", "seed")},
 }
 

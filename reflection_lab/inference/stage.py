@@ -47,8 +47,15 @@ class InferConfig(StageConfig):
     quant4: bool | None = None  # None: as trained (4-bit for QLoRA); the base student loads in full precision
     dtype: str = "auto"
     device: str = "auto"
+    # "local" (transformers in this process) or an OpenAI-compatible endpoint: "openai" / "openai:<model>"
+    # (model else REFLECTION_LAB_INFER_MODEL); its URL: generator_url, else REFLECTION_LAB_INFER_BASE_URL
+    generator: str = "local"
+    generator_url: str | None = None
 
     def validate(self) -> None:
+        if self.generator != "local" and self.generator.partition(":")[0] != "openai":
+            raise ConfigError(f"InferConfig.generator must be 'local', 'openai' or 'openai:<model>', "
+                              f"not {self.generator!r}")
         if isinstance(self.preset, str) and self.preset not in PRESETS:
             raise ConfigError(f"InferConfig.preset must be one of {sorted(PRESETS)}, not {self.preset!r}")
         for name in ("max_new_tokens", "batch_size"):
@@ -148,7 +155,9 @@ def run_infer(run: Run, config: InferConfig | None = None, *, force: bool = Fals
     rows = rows[:config.n] if config.n is not None else rows
     check_unique_ids(rows, "01_data/eval.jsonl")
     preset = get_preset(config.preset)
-    fingerprinted = {"model": spec, "adapter": adapter_fp, "use_adapter": config.use_adapter,
+    endpoint = None if config.generator == "local" else _endpoint(run, config, sys_arg)
+    fingerprinted = {"model": spec if endpoint is None else endpoint.identity(), "adapter": adapter_fp,
+                     "use_adapter": config.use_adapter,
                      "preset": preset.as_dict(), "max_new_tokens": config.max_new_tokens, "n": config.n,
                      "quant4": config.quant4, "dtype": config.dtype,
                      "system_prompt": sys_arg if sys_arg == "trained" else system_prompt_text(sys_arg)}
@@ -160,7 +169,7 @@ def run_infer(run: Run, config: InferConfig | None = None, *, force: bool = Fals
         journal_path.unlink(missing_ok=True)  # answers of another configuration must not pile up
     fp = run.begin("infer", fingerprinted, requires=("data", "finetune") if config.use_adapter else ("data",))
     if model is None:
-        model = _load(run, config, spec, sys_arg)
+        model = endpoint or _load(run, config, spec, sys_arg)
     t0 = time.perf_counter()
     out, fresh = generate_journalled(model, rows, journal_path, identity=fp, preset=preset,
                                        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
@@ -189,11 +198,24 @@ def _load(run: Run, config: InferConfig, spec: str, sys_arg: Any) -> Any:
                                 dtype=config.dtype, batch_size=config.batch_size)
 
 
+def _endpoint(run: Run, config: InferConfig, sys_arg: Any) -> Any:
+    """The endpoint generator; "trained" sends the system message the adapter was trained with."""
+    from .endpoint import EndpointGenerator
+
+    if sys_arg == "trained":
+        from ..finetune import training_format
+
+        sys_arg = training_format(run).system_prompt
+    return EndpointGenerator(config.generator, base_url=config.generator_url, system_prompt=system_prompt_text(sys_arg))
+
+
 def _prompt_example(model: Any, rows: list[dict]) -> str | None:
     """The first prompt exactly as the model saw it (special tokens included)."""
     if not rows:
         return None
     first = rows[0]
+    if hasattr(model, "prompt_example"):
+        return model.prompt_example(first.get("instruction", ""), first.get("input", "") or "")
     ids = model.prompt_ids(first.get("instruction", ""), first.get("input", "") or "")
     return model.tokenizer.decode(ids, skip_special_tokens=False)
 
