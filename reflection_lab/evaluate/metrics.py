@@ -273,7 +273,36 @@ def differences(rows_by_arm: Mapping[str, Sequence[dict]], reference: str, *, n_
     return out
 
 
+def verdict_sentence(arm: str, reference: str, metric: str, diff: Mapping[str, Any]) -> str:
+    """One plain sentence for `arm - reference` on one metric, from its paired interval.
+
+    Why a sentence: a reader should not have to read an interval to learn whether it crosses 0.
+    "not distinguishable" whenever the interval contains 0 (or fewer than 2 paired prompts exist).
+    """
+    spec = METRICS.get(metric) or NAIVE.get(metric)
+    name = spec[2] if spec else metric
+    higher_better = spec[1] if spec else True
+    mean, lo, hi, n = diff.get("mean"), diff.get("lo"), diff.get("hi"), diff.get("n") or 0
+    if mean is None or lo is None or hi is None or n < 2:
+        return f"{arm} vs {reference} on {name}: not distinguishable (fewer than 2 paired prompts)."
+    span = f"difference {mean:+.3g}, interval [{lo:+.3g}, {hi:+.3g}] over {n} prompts"
+    if lo <= 0 <= hi:
+        return f"{arm} vs {reference} on {name}: not distinguishable ({span})."
+    better = (mean > 0) == higher_better
+    return f"{arm} vs {reference} on {name}: {arm} is {'better' if better else 'worse'} ({span})."
+
+
+def verdicts(metrics: Mapping[str, Any]) -> list[str]:
+    """Every comparison stored in metrics.json (vs_base, vs_random) as one sentence per metric."""
+    out = []
+    for key, by_arm in (metrics.get("differences") or {}).items():
+        reference = key.removeprefix("vs_")
+        for arm, by_metric in by_arm.items():
+            out += [verdict_sentence(arm, reference, m, by_metric[m]) for m in METRICS if m in by_metric]
+    return out
+
+
 __all__ = ["ABS_TOL", "CI_LEVEL", "METRICS", "NAIVE", "N_BOOT", "REL_TOL", "arm_order", "arm_summary", "bootstrap_ci",
            "combine_orders", "differences", "extract_number", "metric_values", "numbers_in", "numeric_match",
            "order_preference", "paired_bootstrap", "resample_indices", "score_answer", "verdict_counts",
-           "winning_score"]
+           "verdict_sentence", "verdicts", "winning_score"]

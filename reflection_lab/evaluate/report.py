@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..core.runs import write_text_atomic
-from .metrics import METRICS, arm_order
+from .metrics import METRICS, arm_order, verdicts
 
 ARM_COLORS = {"base": "#7f7f7f", "original": "#aec7e8", "reflected": "#9467bd", "selected": "#2ca02c",
               "random": "#ff7f0e"}
@@ -235,20 +235,19 @@ def _per_prompt_table(rows_by_arm: dict[str, list[dict]]) -> str:
 def render_report(metrics: dict, rows_by_arm: dict[str, list[dict]], *, plotlyjs: str = "cdn",
                   title: str = "reflection-lab: evaluation (stage 07)") -> str:
     """The report as one HTML string; plotlyjs="cdn" (small file, needs internet) or "inline" (offline)."""
-    from plotly.io._utils import plotly_cdn_url
-    from plotly.offline import get_plotlyjs
-
     figs = [metrics_figure(metrics), differences_figure(metrics, "base"), diagnostics_figure(metrics)]
     if "random" in _done(metrics):
         figs.insert(2, differences_figure(metrics, "random"))
     if metrics.get("judge"):
         figs.append(judge_figure(metrics))
-    divs = "\n".join(f.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}) for f in figs)
+    # plotly.js travels with the first figure through the public to_html switch ("cdn" or True = inline).
+    js = True if plotlyjs == "inline" else "cdn"
+    divs = "\n".join(f.to_html(full_html=False, include_plotlyjs=js if i == 0 else False,
+                                config={"displaylogo": False}) for i, f in enumerate(figs))
+    script = ""
     if plotlyjs == "inline":
-        script = f"<script>{get_plotlyjs()}</script>"
         js_note = "plotly.js is embedded: this file works offline."
     else:
-        script = f'<script src="{plotly_cdn_url()}" charset="utf-8"></script>'
         js_note = ("The charts load plotly.js from the CDN (this file stays small). Offline, open "
                    "report_offline.html next to it, which embeds plotly.js (4.8 MB). The tables need no script.")
     s = metrics["setup"]
@@ -264,6 +263,7 @@ def render_report(metrics: dict, rows_by_arm: dict[str, list[dict]], *, plotlyjs
 <style>{_CSS}</style>{script}</head><body>
 <h1>{_e(title)}</h1>
 <p class=note>Written {_e(time.strftime('%Y-%m-%d %H:%M'))}. {_e(js_note)}</p>
+<h2>Verdict</h2><ul>{''.join(f"<li>{_e(v)}</li>" for v in verdicts(metrics)) or "<li>No comparison to make.</li>"}</ul>
 <div class=warn>{_e(warn)}</div>
 <h2>What was measured</h2>{_setup_html(metrics)}
 <h2>Metrics per arm</h2>{_metrics_table(metrics)}

@@ -240,3 +240,30 @@ def test_failed_judge_requests_are_invalid_and_asked_again(tmp_path):
     assert rows[0]["verdict"] == "invalid" and rows[0]["a_first"]["error"] == "HTTP 503: busy"
     judge.fail = False
     assert run_judge(judge, comps, tmp_path / "j.jsonl")[0]["verdict"] == "win"
+
+
+def test_verdict_sentence_overlap_is_not_distinguishable():
+    from reflection_lab.evaluate.metrics import verdict_sentence
+    s = verdict_sentence("selected", "base", "format", {"mean": 0.1, "lo": -0.2, "hi": 0.4, "n": 8})
+    assert "not distinguishable" in s and "selected vs base" in s and "8 prompts" in s
+
+
+def test_verdict_sentence_direction_follows_metric_sense():
+    from reflection_lab.evaluate.metrics import verdict_sentence
+    assert "selected is better" in verdict_sentence("selected", "base", "format", {"mean": 0.5, "lo": 0.2, "hi": 0.8,
+                                                                                    "n": 8})
+    # lower reference loss is better: a negative difference that excludes 0 is an improvement
+    assert "selected is better" in verdict_sentence("selected", "base", "ref_loss", {"mean": -0.4, "lo": -0.6,
+                                                                                      "hi": -0.1, "n": 8})
+    assert "selected is worse" in verdict_sentence("selected", "base", "ref_loss", {"mean": 0.4, "lo": 0.1, "hi": 0.6,
+                                                                                     "n": 8})
+    assert "not distinguishable" in verdict_sentence("selected", "base", "format", {"mean": None, "lo": None,
+                                                                                     "hi": None, "n": 0})
+
+
+def test_verdicts_covers_every_stored_comparison():
+    from reflection_lab.evaluate.metrics import verdicts
+    d = {"mean": 0.0, "lo": -0.1, "hi": 0.1, "n": 4}
+    m = {"differences": {"vs_base": {"selected": {"format": d, "exact_match": d, "ref_loss": d}}, "vs_random": {}}}
+    out = verdicts(m)
+    assert len(out) == 3 and all("not distinguishable" in s for s in out)
