@@ -280,6 +280,12 @@ def _run_stages(args: argparse.Namespace) -> int:
     if "evaluate" in results:
         from .evaluate import format_table, load_metrics
 
-        print(format_table(load_metrics(run)))
+        from .evaluate.metrics import verdicts
+
+        metrics = load_metrics(run)
+        print(format_table(metrics))
+        print(f"report: {Path(run.root) / '07_evaluate' / 'report.html'} (offline: report_offline.html next to it)")
+        for sentence in verdicts(metrics):
+            print(f"verdict: {sentence}")
     print(f"run directory: {run.root}")
     return 0

@@ -214,6 +214,7 @@ def test_cli_evaluate_subcommand_prints_the_table(parent, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "exact match" in res.stdout and "\nbase " in res.stdout and "seed 4" in res.stdout
+    assert "report: " in res.stdout and "report.html" in res.stdout  # the demo's closing lines name the report
     m = Run(run.root).manifest("evaluate")
     assert m["config"]["arms"] == ["base"] and m["counts"]["prompts"] == 2
 
