@@ -58,9 +58,9 @@ def peak_mib() -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
+    from reflection_lab.core.devices import peak_rss_bytes
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return (peak_rss_bytes() or 0) / 2**20
 
 
 def workload(tok, n: int, max_length: int) -> tuple[list[Item], int]:

@@ -91,11 +91,11 @@ def _timing_callback():
 
 
 def _peak_memory() -> dict:
-    import resource
-
     import torch
 
-    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    from reflection_lab.core.devices import peak_rss_bytes
+
+    out = {"peak_rss_mib": (peak_rss_bytes() or 0) / 2**20}
     if torch.cuda.is_available():
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out

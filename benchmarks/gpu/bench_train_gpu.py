@@ -158,9 +158,9 @@ def run_arm(arm: str, model_dir: Path, examples: list[dict], a: argparse.Namespa
     if torch.cuda.is_available():
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     else:
-        import resource
+        from reflection_lab.core.devices import peak_rss_bytes
 
-        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        out["peak_rss_gib"] = (peak_rss_bytes() or 0) / 2**30
     del trainer, model
     gc.collect()
     return out

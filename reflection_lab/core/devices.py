@@ -7,6 +7,7 @@ Why one place: the precision rules are easy to get wrong in every notebook separ
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import asdict, dataclass
 
 from .config import ConfigError
@@ -87,6 +88,28 @@ def environment_report(packages: tuple[str, ...] = ("reflection-lab", "torch", "
     return "\n".join(rows)
 
 
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process in bytes, or None where the platform does not say.
+
+    Why not ru_maxrss alone: it is KiB on Linux but bytes on macOS, and Windows has no `resource` module
+    (psutil reports the peak working set there).
+    """
+    try:
+        import psutil
+
+        peak = getattr(psutil.Process().memory_info(), "peak_wset", None)  # Windows only
+        if peak:
+            return int(peak)
+    except ImportError:  # pragma: no cover - psutil comes with the lab's dependencies
+        pass
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows without psutil
+        return None
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(value) if sys.platform == "darwin" else int(value) * 1024
+
+
 def memory_report(device: str) -> dict:
     """Current and peak memory in GiB (rounded), for before/after figures and the training manifest."""
     import torch
@@ -96,12 +119,9 @@ def memory_report(device: str) -> dict:
         rep = {"allocated_gib": torch.cuda.memory_allocated() / 2**30,
                "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     else:
-        try:
-            import resource
-
-            rep["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-        except Exception:  # pragma: no cover - non-POSIX
-            pass
+        peak = peak_rss_bytes()
+        if peak is not None:
+            rep["peak_rss_gib"] = peak / 2**30
     try:
         import psutil
 
