@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "endpoint (vLLM, TGI, Ollama, reflection-lab serve)")
             sp.add_argument("--generator-url", help="the endpoint's base URL (default: REFLECTION_LAB_INFER_BASE_URL "
                                                     "or OPENAI_BASE_URL)")
+            sp.add_argument("--concurrency", type=int, help="parallel endpoint requests (default: "
+                                                             "REFLECTION_LAB_INFER_CONCURRENCY or 8)")
+            sp.add_argument("--timeout", type=float, dest="timeout_s",
+                            help="seconds the endpoint may take per answer (default: REFLECTION_LAB_INFER_TIMEOUT_S "
+                                 "or 120); a timed-out request is not sent again in this run")
+            sp.add_argument("--max-retries", type=int, help="retries on 429 / 5xx / dropped connections (default 6)")
         if stage == "select":
             sp.add_argument("--ifd-max", type=float)
             sp.add_argument("--rifd-max", type=float)
@@ -121,7 +127,7 @@ STAGE_FLAGS: dict[str, dict[str, str]] = {
     "reflect": {k: k for k in ("teacher", "style", "concurrency", "timeout_s", "max_retries", "max_tokens")},
     "select": {k: k for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
                               "drop_refusals", "keep_unreflected_answers", "score_form")},
-    "infer": {"preset": "preset", "generator": "generator", "generator_url": "generator_url"},
+    "infer": {k: k for k in ("preset", "generator", "generator_url", "concurrency", "timeout_s", "max_retries")},
     "evaluate": {k: k for k in ("arms", "judge", "judge_model", "n_eval", "eval_data", "seed")},
 }
 

@@ -33,7 +33,7 @@ class InferConfig(StageConfig):
     """Which student answers (fine-tuned or base), how it decodes, and how many prompts."""
 
     STAGE = "infer"
-    RUNTIME = ("batch_size", "device")
+    RUNTIME = ("batch_size", "device", "timeout_s", "max_retries", "concurrency")
 
     use_adapter: bool = True  # the run's stage 05 result; False: the base student
     student: str | None = None  # the base student (None: the one the run trained or scored)
@@ -51,6 +51,11 @@ class InferConfig(StageConfig):
     # (model else REFLECTION_LAB_INFER_MODEL); its URL: generator_url, else REFLECTION_LAB_INFER_BASE_URL
     generator: str = "local"
     generator_url: str | None = None
+    # an endpoint's limits (None: REFLECTION_LAB_INFER_TIMEOUT_S / _MAX_RETRIES / _CONCURRENCY, else 120 s, 6, 8);
+    # a server that answers one request at a time wants concurrency 1 and a timeout that covers a whole answer
+    timeout_s: float | None = None
+    max_retries: int | None = None
+    concurrency: int | None = None
 
     def validate(self) -> None:
         if self.generator != "local" and self.generator.partition(":")[0] != "openai":
@@ -63,6 +68,10 @@ class InferConfig(StageConfig):
                 raise ConfigError(f"InferConfig.{name} must be at least 1, not {getattr(self, name)}")
         if self.n is not None and self.n < 1:
             raise ConfigError(f"InferConfig.n must be at least 1 (or None for all), not {self.n}")
+        for name, low in (("timeout_s", 0.001), ("max_retries", 0), ("concurrency", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(f"InferConfig.{name} must be at least {low:g} (or None for the default), not {value}")
 
     @classmethod
     def profile_values(cls, profile: Any) -> dict[str, Any]:
@@ -206,7 +215,9 @@ def _endpoint(run: Run, config: InferConfig, sys_arg: Any) -> Any:
         from ..finetune import training_format
 
         sys_arg = training_format(run).system_prompt
-    return EndpointGenerator(config.generator, base_url=config.generator_url, system_prompt=system_prompt_text(sys_arg))
+    limits = {k: getattr(config, k) for k in ("timeout_s", "max_retries", "concurrency") if getattr(config, k) is not None}
+    return EndpointGenerator(config.generator, base_url=config.generator_url, system_prompt=system_prompt_text(sys_arg),
+                             **limits)
 
 
 def _prompt_example(model: Any, rows: list[dict]) -> str | None:

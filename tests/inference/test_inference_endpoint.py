@@ -59,9 +59,21 @@ def test_endpoint_generations_match_the_local_student_row_for_row(tmp_path, serv
 def test_the_cli_generates_through_an_endpoint(tmp_path, server, sharp_students, monkeypatch, capsys):
     from reflection_lab.cli import main
 
+    from reflection_lab.inference import endpoint
+
     monkeypatch.setenv("REFLECTION_LAB_INFER_API_KEY", "sk-local")
+    built: list = []
+    real_init = endpoint.EndpointGenerator.__init__
+    monkeypatch.setattr(endpoint.EndpointGenerator, "__init__",
+                        lambda self, *a, **kw: (built.append(self), real_init(self, *a, **kw))[1])
     run = with_data(Run(tmp_path / "cli"))
     code = main(["infer", "--run", str(run.root), "--base", "--set", f"student={sharp_students['llama']}",
-                 "--set", "max_new_tokens=6", "--generator", "openai:student", "--generator-url", server])
+                 "--set", "max_new_tokens=6", "--generator", "openai:student", "--generator-url", server,
+                 "--concurrency", "1", "--timeout", "45", "--max-retries", "2"])
     assert code == 0, capsys.readouterr().err
     assert [r["model"] for r in load_generations(run)] == ["student"] * 3
+    # the endpoint's limits come from the CLI (a one-request-at-a-time server needs them)
+    backend = built[0].backend
+    assert (backend.concurrency, backend.timeout_s, backend.max_retries) == (1, 45.0, 2)
+    assert main(["infer", "--run", str(run.root), "--generator", "openai:student", "--timeout", "0"]) == 2
+    assert "InferConfig.timeout_s must be at least" in capsys.readouterr().err
