@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -81,7 +80,10 @@ def colab_requirements(pyproject: Path, extras: Sequence[str] = COLAB_EXTRAS) ->
 
 
 def _req_name(requirement: str) -> str:
-    return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(Requirement(requirement).name)
 
 
 def missing_requirements(requirements: Sequence[str]) -> list[str]:
@@ -240,4 +242,5 @@ def ensure_stages(run: Run, profile: Profile, needs: str | Sequence[str], *, pro
     print(f"building {', '.join(todo)} first, as notebooks {STAGES[todo[0]].notebook[:2]}-"
           f"{STAGES[todo[-1]].notebook[:2]} would (measured at CI sizes on a 2-core CPU: {costs}; "
           f"the whole lab with profile {profile.name!r}: {profile.time_note})")
-    return pipeline.ensure_stages(run, profile, needs, progress=progress)
+    pipeline.run_pipeline(run, profile, stages=todo, progress=progress)  # the plan is known: no second check
+    return todo
