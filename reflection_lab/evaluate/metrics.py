@@ -219,6 +219,7 @@ METRICS = {
     "format": ("well_formed", True, "format compliance (well-formed share)"),
     "exact_match": ("correct", True, "exact match (number in <output>)"),
     "ref_loss": ("ref_loss", False, "answer-token loss on references (nats)"),
+    "ref_loss_format": ("ref_loss_format", False, "reference loss after the arm's own reasoning (nats)"),
 }
 NAIVE = {"exact_match_anywhere": ("correct_anywhere", True, "naive: reference number anywhere in the text")}
 
@@ -248,7 +249,9 @@ def arm_summary(rows: Sequence[dict], *, n_boot: int = N_BOOT, seed: int = 0, le
                    "correct": sum(bool(r.get("correct")) for r in rows),
                    "hit_token_limit": sum(r.get("finish_reason") == "length" for r in rows),
                    "errors": sum(r.get("finish_reason") == "error" for r in rows),
-                   "ref_loss_missing": sum(r.get("ref_loss") is None for r in rows)},
+                   "ref_loss_missing": sum(r.get("ref_loss") is None for r in rows),
+                   "ref_loss_format_missing": sum(r.get("ref_loss_format") is None for r in rows),
+                   "scored_after_own_reasoning": sum(bool(r.get("ref_loss_format_prefixed")) for r in rows)},
     }
 
 

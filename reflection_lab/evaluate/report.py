@@ -25,7 +25,9 @@ from .metrics import METRICS, arm_order, verdicts
 ARM_COLORS = {"base": "#7f7f7f", "original": "#aec7e8", "reflected": "#9467bd", "selected": "#2ca02c",
               "random": "#ff7f0e"}
 VERDICT_COLORS = {"wins": "#2ca02c", "ties": "#c7c7c7", "losses": "#d62728"}
-SHORT = {"format": "format compliance", "exact_match": "exact match", "ref_loss": "reference loss (lower = better)"}
+SHORT = {"format": "format compliance", "exact_match": "exact match", "ref_loss": "reference loss (lower = better)",
+         "ref_loss_format": "reference loss after own reasoning (lower = better)"}
+SIDE_BY_SIDE = 4  # prompts shown answered by the base and the tuned student on the report's first screen
 
 
 def _done(metrics: dict) -> list[str]:
@@ -52,7 +54,7 @@ def metrics_figure(metrics: dict) -> go.Figure:
                     continue
                 ci = judge[arm]["winning_score"]
             else:
-                ci = metrics["arms"][arm]["metrics"][panel]
+                ci = metrics["arms"][arm]["metrics"].get(panel) or {}
             if ci.get("mean") is None:
                 continue
             fig.add_trace(go.Bar(x=[arm], y=[ci["mean"]], error_y={"type": "data", "symmetric": False, **_err(ci)},
@@ -95,7 +97,7 @@ def differences_figure(metrics: dict, reference: str = "base") -> go.Figure:
                         horizontal_spacing=0.07)
     for col, m in enumerate(METRICS, 1):
         for arm in [a for a in arm_order(metrics) if a in diffs]:
-            ci = diffs[arm][m]
+            ci = diffs[arm].get(m) or {}
             if ci.get("mean") is None:
                 continue
             fig.add_trace(go.Scatter(x=[arm], y=[ci["mean"]], mode="markers", marker={"size": 11,
@@ -130,7 +132,10 @@ _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width
 color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f4f4f4}.warn{background:#fff4e5;border-left:4px solid #f0a020;
 padding:.6em 1em;margin:1em 0}.note{color:#555;font-size:14px}.ok{color:#2a7d2a}.bad{color:#b22}code{background:#f4f4f4;
-padding:0 3px}"""
+padding:0 3px}.side td{width:50%}"""
+# inline, so the side-by-side panes look the same in the report and in a notebook's HTML output
+_PANE = "border-radius:4px;padding:.4em .6em;margin:.3em 0;white-space:pre-wrap;font-size:13px;color:#222;"
+PANE_COLORS = {"thinking": "#f4f4f4", "reflection": "#f1e8fa", "output": "#e9f6e9", "no tags": "#fff4e5"}
 
 
 def _e(x: Any) -> str:
@@ -166,17 +171,19 @@ def _setup_html(metrics: dict) -> str:
 
 def _metrics_table(metrics: dict) -> str:
     head = "<tr><th>arm</th><th>trained on</th><th>format compliance</th><th>exact match</th>" \
-           "<th>reference loss</th><th>naive match (anywhere in text)</th></tr>"
+           "<th>reference loss</th><th>reference loss after own reasoning</th>" \
+           "<th>naive match (anywhere in text)</th></tr>"
     rows = []
     for arm in arm_order(metrics):
         e = metrics["arms"][arm]
         if e["status"] != "done":
-            rows.append(f"<tr><td>{_e(arm)}</td><td colspan=5>skipped: {_e(e.get('reason', ''))}</td></tr>")
+            rows.append(f"<tr><td>{_e(arm)}</td><td colspan=6>skipped: {_e(e.get('reason', ''))}</td></tr>")
             continue
         m = e["metrics"]
         rows.append(f"<tr><td><b>{_e(arm)}</b><br><span class=note>{_e(e['title'])}</span></td>"
                     f"<td>{_e(e['source'])}</td><td>{_ci(m['format'], 2)}</td><td>{_ci(m['exact_match'], 2)}</td>"
-                    f"<td>{_ci(m['ref_loss'])}</td><td class=note>{_ci(m['exact_match_anywhere'], 2)}</td></tr>")
+                    f"<td>{_ci(m['ref_loss'])}</td><td>{_ci(m.get('ref_loss_format'))}</td>"
+                    f"<td class=note>{_ci(m['exact_match_anywhere'], 2)}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -190,7 +197,7 @@ def _diff_table(metrics: dict, reference: str) -> str:
         d = diffs[arm]
         cells = []
         for m in METRICS:
-            ci = d[m]
+            ci = d.get(m) or {}
             mark = " <span class=ok>interval excludes 0</span>" if ci.get("excludes_zero") else ""
             cells.append(f"<td>{_ci(ci, 3, signed=True)}{mark}</td>")
         rows.append(f"<tr><td>{_e(arm)}</td>{''.join(cells)}</tr>")
@@ -232,18 +239,63 @@ def _per_prompt_table(rows_by_arm: dict[str, list[dict]]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def verdicts_html(metrics: dict) -> str:
+    """One sentence per comparison and metric ("not distinguishable" when the paired interval holds 0)."""
+    items = "".join(f"<li>{_e(v)}</li>" for v in verdicts(metrics)) or "<li>No comparison to make.</li>"
+    return f"<ul>{items}</ul>"
+
+
+def tuned_arm(arms: list[str]) -> str | None:
+    """The trained arm the first screen shows beside the base student: the lab's selection when it ran."""
+    trained = [a for a in arms if a != "base"]
+    return "selected" if "selected" in trained else (trained[0] if trained else None)
+
+
+def _panes(row: dict) -> str:
+    """One answer split into its parts: thinking, reflections and output panes (raw text when untagged)."""
+    def pane(kind: str, text: str) -> str:
+        return f"<div style='{_PANE}background:{PANE_COLORS[kind]}'><b>{kind}</b>\n{_e(text)}</div>"
+
+    p = row.get("parsed") or {}
+    parts = [pane("thinking", p["thinking"])] if p.get("thinking") else []
+    parts += [pane("reflection", r) for r in p.get("reflections") or []]
+    if p.get("output") is not None:
+        parts.append(pane("output", p["output"]))
+    if not parts:
+        parts.append(pane("no tags", row.get("text", "")))
+    status = "well formed" if row.get("well_formed") else "not well formed"
+    stop = "hit the token limit" if row.get("finish_reason") == "length" else "stopped on its own"
+    codes = ", ".join(row.get("diagnostics") or [])
+    parts.append(f"<div style='color:#555;font-size:13px'>{status}; {stop}{'; ' + _e(codes) if codes else ''}</div>")
+    return "".join(parts)
+
+
+def side_by_side_html(rows_by_arm: dict[str, list[dict]], n: int = SIDE_BY_SIDE) -> str:
+    """The same prompts answered by the base and the tuned student, parsed into their panes."""
+    tuned = tuned_arm(list(rows_by_arm))
+    if "base" not in rows_by_arm or tuned is None:
+        return "<p class=note>Base and a trained arm are both needed for a side-by-side view.</p>"
+    body = [f"<tr><td colspan=2><b>{_e(b['id'])}</b>: {_e(b['instruction'][:400])}</td></tr>"
+            f"<tr><td>{_panes(b)}</td><td>{_panes(t)}</td></tr>"
+            for b, t in list(zip(rows_by_arm["base"], rows_by_arm[tuned], strict=True))[:n]]
+    return (f"<table class=side style='width:100%'><tr><th>base student</th><th>{_e(tuned)} (fine-tuned)</th></tr>"
+            f"{''.join(body)}</table><p class=note>The first {min(n, len(rows_by_arm['base']))} evaluation prompts; "
+            f"every answer: generations/&lt;arm&gt;.jsonl.</p>")
+
+
 def render_report(metrics: dict, rows_by_arm: dict[str, list[dict]], *, plotlyjs: str = "cdn",
                   title: str = "reflection-lab: evaluation (stage 07)") -> str:
     """The report as one HTML string; plotlyjs="cdn" (small file, needs internet) or "inline" (offline)."""
-    figs = [metrics_figure(metrics), differences_figure(metrics, "base"), diagnostics_figure(metrics)]
+    figs = [metrics_figure(metrics), differences_figure(metrics, "base"), diagnostics_figure(metrics)]  # first: top
     if "random" in _done(metrics):
         figs.insert(2, differences_figure(metrics, "random"))
     if metrics.get("judge"):
         figs.append(judge_figure(metrics))
     # plotly.js travels with the first figure through the public to_html switch ("cdn" or True = inline).
     js = True if plotlyjs == "inline" else "cdn"
-    divs = "\n".join(f.to_html(full_html=False, include_plotlyjs=js if i == 0 else False,
-                                config={"displaylogo": False}) for i, f in enumerate(figs))
+    first, *rest = [f.to_html(full_html=False, include_plotlyjs=js if i == 0 else False,
+                              config={"displaylogo": False}) for i, f in enumerate(figs)]
+    divs = "\n".join(rest)
     script = ""
     if plotlyjs == "inline":
         js_note = "plotly.js is embedded: this file works offline."
@@ -263,7 +315,9 @@ def render_report(metrics: dict, rows_by_arm: dict[str, list[dict]], *, plotlyjs
 <style>{_CSS}</style>{script}</head><body>
 <h1>{_e(title)}</h1>
 <p class=note>Written {_e(time.strftime('%Y-%m-%d %H:%M'))}. {_e(js_note)}</p>
-<h2>Verdict</h2><ul>{''.join(f"<li>{_e(v)}</li>" for v in verdicts(metrics)) or "<li>No comparison to make.</li>"}</ul>
+<h2>Verdict</h2>{verdicts_html(metrics)}
+{first}
+<h2>Same prompts, base and fine-tuned</h2>{side_by_side_html(rows_by_arm)}
 <div class=warn>{_e(warn)}</div>
 <h2>What was measured</h2>{_setup_html(metrics)}
 <h2>Metrics per arm</h2>{_metrics_table(metrics)}
@@ -272,10 +326,13 @@ def render_report(metrics: dict, rows_by_arm: dict[str, list[dict]], *, plotlyjs
 &lt;thinking&gt; and one closed &lt;output&gt; without errors. Exact match: the last number inside
 &lt;output&gt; equals the reference number; an answer without &lt;output&gt; counts as wrong, even if its reasoning
 contains the number. Reference loss: the mean cross-entropy (nats per token) of the reference answer after the
-arm's own prompt; lower means the model finds the reference likelier. The grey "naive match" column counts a hit
+arm's own prompt; lower means the model finds the reference likelier. Reference loss after own reasoning: the
+same, with the reference placed where the arm puts its answer: after its own closed &lt;thinking&gt; block and an
+&lt;output&gt; tag (right after the prompt when it wrote no thinking), so it asks whether the arm's reasoning leads
+to the right answer. The grey "naive match" column counts a hit
 whenever the reference number appears anywhere in the text, reasoning included: it is shown only to make the
 gap visible and is never the lab's score.</p>
-<h2>Figures</h2>{divs}
+<h2>More figures</h2>{divs}
 <h2>Differences against the base student</h2>{_diff_table(metrics, 'base')}
 <h2>Differences against the random control</h2>{_diff_table(metrics, 'random')}
 <h2>Pairwise judge</h2>{_judge_table(metrics)}
@@ -295,4 +352,4 @@ def write_report(stage_dir: Path, metrics: dict, rows_by_arm: dict[str, list[dic
 
 
 __all__ = ["ARM_COLORS", "diagnostics_figure", "differences_figure", "judge_figure", "metrics_figure",
-           "render_report", "write_report"]
+           "render_report", "side_by_side_html", "tuned_arm", "verdicts_html", "write_report"]

@@ -11,7 +11,7 @@ from typing import Any
 from ..core.runs import Run, read_jsonl
 from .metrics import arm_order, arm_summary, differences, verdict_counts, winning_score
 
-SCHEMA = "reflection-lab/evaluate/1"
+SCHEMA = "reflection-lab/evaluate/2"  # 2: ref_loss_format
 
 
 def build_metrics(rows_by_arm: dict[str, list[dict]], arm_info: dict[str, dict], judge_rows: list[dict], *,
@@ -72,6 +72,12 @@ def load_generations(run: Run, arm: str) -> list[dict]:
     return read_jsonl(run.path("evaluate", f"generations/{arm}.jsonl"))
 
 
+def load_arm_rows(run: Run) -> dict[str, list[dict]]:
+    """Every finished arm's scored generations, in evaluation order (what the report and notebook 07 show)."""
+    metrics = load_metrics(run)
+    return {a: load_generations(run, a) for a in arm_order(metrics) if metrics["arms"][a]["status"] == "done"}
+
+
 def _fmt(ci: dict | None, digits: int = 2) -> str:
     if not ci or ci.get("mean") is None:
         return "-"
@@ -82,18 +88,19 @@ def format_table(metrics: dict) -> str:
     """A plain-text table of every arm's metrics with intervals (what the CLI prints)."""
     s = metrics["setup"]
     judge = {j["a"]: j for j in metrics.get("judge", []) if j["b"] == "base"}
-    head = ["arm", "pairs", "format", "exact match", "ref loss", "judge vs base (W/T/L)"]
+    head = ["arm", "pairs", "format", "exact match", "ref loss", "ref loss (own reasoning)", "judge vs base (W/T/L)"]
     lines = []
     for arm in arm_order(metrics):
         e = metrics["arms"][arm]
         pairs = str(e.get("train_counts", {}).get("pairs", "-"))
         if e["status"] != "done":
-            lines.append([arm, pairs, f"skipped: {e.get('reason', '')[:70]}", "", "", ""])
+            lines.append([arm, pairs, f"skipped: {e.get('reason', '')[:70]}", "", "", "", ""])
             continue
         m = e["metrics"]
         j = judge.get(arm)
         jtxt = f"{j['wins']}/{j['ties']}/{j['losses']}" if j else "-"
-        lines.append([arm, pairs, _fmt(m["format"]), _fmt(m["exact_match"]), _fmt(m["ref_loss"], 3), jtxt])
+        lines.append([arm, pairs, _fmt(m["format"]), _fmt(m["exact_match"]), _fmt(m["ref_loss"], 3),
+                      _fmt(m.get("ref_loss_format"), 3), jtxt])
     full = [r for r in lines if not r[2].startswith("skipped:")]
     widths = [max(len(str(r[i])) for r in [head] + full) for i in range(len(head))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]

@@ -43,7 +43,7 @@ from ..finetune.config import FinetuneConfig
 from ..data import check_unique_ids
 from ..format.chat import SystemPrompt, system_prompt_text
 from ..inference.stage import generate_journalled
-from .answers import arm_rows, prompt_sha, reference_answer_losses
+from .answers import arm_losses, arm_rows, prompt_sha
 from .arms import (ARM_TITLES, ARMS, ArmSkipped, arm_data, check_arms, inputs_digest, parent_finetune_reusable,
                    required_stages, train_arm)
 from .metrics import CI_LEVEL, METRICS, N_BOOT, REL_TOL
@@ -254,7 +254,7 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], c: EvaluateConfig, base_
         if ft_m is None:
             return info, None
         identity = {"finetune": ft_m.get("fingerprint"), "outputs": ft_m.get("outputs"), **generation}
-    arm_key = stable_hash({"arm": arm, **identity})[:24]
+    arm_key = stable_hash({"arm": arm, "schema": SCHEMA, **identity})[:24]  # new metrics: score again
     meta_path, out_path = gen_dir / f"{arm}.meta.json", gen_dir / f"{arm}.jsonl"
     shas = [prompt_sha(r) for r in rows]
     if meta_path.exists() and out_path.exists():
@@ -269,7 +269,7 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], c: EvaluateConfig, base_
                                   max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, progress=progress,
                                   desc=f"{arm} generations")
     t2 = time.perf_counter()
-    losses = reference_answer_losses(lm, rows, max_length=c.max_length, batch_tokens=c.score_batch_tokens)
+    losses = arm_losses(lm, rows, gens, max_length=c.max_length, batch_tokens=c.score_batch_tokens)
     t3 = time.perf_counter()
     info.update(generate_seconds=round(t2 - t1, 2), loss_seconds=round(t3 - t2, 2), model=lm.describe(),
                 arm_seconds=round(t3 - t0, 2))

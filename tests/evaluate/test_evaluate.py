@@ -74,6 +74,11 @@ def test_full_evaluation_reproduces_and_resumes_after_a_kill(parent, tmp_path, m
     assert (stage / "report.html").stat().st_size < 400_000 < (stage / "report_offline.html").stat().st_size
     html = (stage / "report.html").read_text()
     assert "not evidence" in html and "max_steps=2" in html and "cdn.plot.ly" in html
+    # first screen: the verdicts, then the per-arm figure, then base and selected answering the same prompts
+    verdict_at, figure_at, side_at = (html.index("<h2>Verdict</h2>"), html.index("plotly-graph-div"),
+                                      html.index("Same prompts, base and fine-tuned"))
+    assert verdict_at < figure_at < side_at < html.index("What was measured")
+    assert "selected (fine-tuned)" in html and html.count("<b>eval-") == 4
     metrics = load_metrics(run_a)
     assert set(metrics["arms"]) == {"base", "original", "reflected", "selected", "random"}
     for arm in ("original", "reflected", "selected", "random"):
@@ -81,8 +86,10 @@ def test_full_evaluation_reproduces_and_resumes_after_a_kill(parent, tmp_path, m
         assert all((sub.manifest(st) or {}).get("status") == "complete" for st in ("data", "select", "finetune"))
         assert not (sub.root / "05_finetune" / "checkpoints").exists()
     gens = load_generations(run_a, "selected")
-    assert len(gens) == 6 and {"text", "parsed", "extracted", "correct", "ref_loss", "well_formed"} <= set(gens[0])
-    assert all(g["ref_loss"] > 0 for g in gens)
+    assert len(gens) == 6 and {"text", "parsed", "extracted", "correct", "ref_loss", "ref_loss_format",
+                               "well_formed"} <= set(gens[0])
+    assert all(g["ref_loss"] > 0 and g["ref_loss_format"] > 0 for g in gens)
+    assert "ref_loss_format" in metrics["differences"]["vs_base"]["selected"]
     pairs = {(j["a"], j["b"]) for j in metrics["judge"]}
     assert pairs == {("original", "base"), ("reflected", "base"), ("selected", "base"), ("random", "base"),
                      ("selected", "random")}
