@@ -29,17 +29,20 @@ class StageInfo:
     notebook: str
     command: str
     requires: tuple[str, ...]
+    table: str | None = None  # the stage's main JSONL output, what Run.dataset(stage) reads by default
 
 
 STAGES: dict[str, StageInfo] = {
-    "data": StageInfo("01_data", "01_data.ipynb", "reflection-lab data", ()),
-    "reflect": StageInfo("02_reflect", "02_reflect.ipynb", "reflection-lab reflect", ("data",)),
-    "score": StageInfo("03_score", "03_score.ipynb", "reflection-lab score", ("reflect",)),
-    "select": StageInfo("04_select", "04_select.ipynb", "reflection-lab select", ("score",)),
-    "finetune": StageInfo("05_finetune", "05_finetune.ipynb", "reflection-lab finetune", ("select",)),
+    "data": StageInfo("01_data", "01_data.ipynb", "reflection-lab data", (), "samples.jsonl"),
+    "reflect": StageInfo("02_reflect", "02_reflect.ipynb", "reflection-lab reflect", ("data",), "reflections.jsonl"),
+    "score": StageInfo("03_score", "03_score.ipynb", "reflection-lab score", ("reflect",), "scores.jsonl"),
+    "select": StageInfo("04_select", "04_select.ipynb", "reflection-lab select", ("score",), "selected.jsonl"),
+    "finetune": StageInfo("05_finetune", "05_finetune.ipynb", "reflection-lab finetune", ("select",),
+                          "train_log.jsonl"),
     # infer can use the base student, so it only requires data; with an adapter it fingerprints 05 itself.
-    "infer": StageInfo("06_infer", "06_inference.ipynb", "reflection-lab infer", ("data",)),
-    "evaluate": StageInfo("07_evaluate", "07_evaluate.ipynb", "reflection-lab evaluate", ("data", "select")),
+    "infer": StageInfo("06_infer", "06_inference.ipynb", "reflection-lab infer", ("data",), "generations.jsonl"),
+    "evaluate": StageInfo("07_evaluate", "07_evaluate.ipynb", "reflection-lab evaluate", ("data", "select"),
+                          "judge.jsonl"),
 }
 
 # The four versions every sample has from stage 02 on (02_reflect/reflections.jsonl, 03_score/scores.jsonl).
@@ -262,6 +265,27 @@ class Run:
         m.update(status="failed", error=error, failed=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
         write_json_atomic(self.stage_dir(stage) / "manifest.json", m)
 
+    def dataset(self, stage: str, name: str | None = None) -> Any:
+        """A finished stage's JSONL output as a `datasets.Dataset` (default: the stage's main table).
+
+        name: another JSONL output of the stage, e.g. run.dataset("data", "eval.jsonl") or
+        run.dataset("evaluate", "generations/base.jsonl"). Why through the manifest: the rows are the ones the
+        stage finished with (require() checks their hashes), not a half-written rerun.
+        """
+        if stage not in STAGES:
+            raise LabError(f"Unknown stage {stage!r}: run.dataset takes one of {', '.join(STAGES)}.")
+        info = STAGES[stage]
+        manifest = self.require(stage)
+        name = name or info.table
+        folder = self.root / info.folder
+        tables = sorted(str(p.relative_to(folder)) for out in manifest.get("outputs", {})
+                        for p in ([folder / out] if (folder / out).is_file() else (folder / out).rglob("*.jsonl"))
+                        if p.suffix == ".jsonl" and not p.name.endswith(".journal.jsonl"))
+        if name is None or Path(name).as_posix() not in {Path(t).as_posix() for t in tables}:
+            raise MissingStageError(f"Stage '{stage}' in {self.root} has no JSONL output {name!r}; it has: "
+                                    f"{', '.join(tables) or 'none'} (pass one as run.dataset({stage!r}, name)).")
+        return rows_to_dataset(read_jsonl(folder / name))
+
     def status(self) -> dict[str, str]:
         out = {}
         for stage in STAGES:
@@ -271,6 +295,32 @@ class Run:
             else:
                 out[stage] = m.get("status", "?") if m else "not run"
         return out
+
+
+def rows_to_dataset(rows: list[dict]) -> Any:
+    """JSONL records as a `datasets.Dataset`, every key of every row a column (None where a row lacks it).
+
+    Why not Dataset.from_list alone: it takes the columns from the first row only, and Arrow refuses a
+    column whose rows mix types (a string in one, an object in another). Such a column is stored as JSON
+    text instead (json.loads gives the value back); its name is listed in `ds.info.description`.
+    """
+    from datasets import Dataset
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    data = {c: [row.get(c) for row in rows] for c in columns}
+    try:
+        return Dataset.from_dict(data)
+    except Exception:  # noqa: BLE001 - find the columns Arrow cannot type, encode only those
+        encoded = []
+        for c in columns:
+            try:
+                Dataset.from_dict({c: data[c]})
+            except Exception:  # noqa: BLE001
+                data[c] = [None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True) for v in data[c]]
+                encoded.append(c)
+        ds = Dataset.from_dict(data)
+        ds.info.description = f"JSON-encoded columns (json.loads each value): {', '.join(encoded)}"
+        return ds
 
 
 StageFn = TypeVar("StageFn", bound=Callable[..., dict])

@@ -14,6 +14,8 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,10 @@ class DataError(LabError, ValueError):
     """Strict-mode failure: the message lists the bad rows."""
 
 
+class DatasetSpecError(DataError):
+    """A source that is neither a local path nor a well-formed hub spec `owner/dataset[:config][@revision][#split]`."""
+
+
 @dataclass
 class DataReport:
     source: str
@@ -43,6 +49,7 @@ class DataReport:
     kept: int = 0
     problems: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
+    origin: dict | None = None  # where the rows came from: local path, or hub name/config/split/resolved revision
 
     def add(self, row: int, reason: str, detail: str, sample_id: str | None = None) -> None:
         self.problems.append({"row": row, "id": sample_id, "reason": reason, "detail": detail})
@@ -54,9 +61,12 @@ class DataReport:
         return out
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "rows_read": self.rows_read, "kept": self.kept,
-                "dropped": len(self.problems), "counts_by_reason": self.counts_by_reason(),
-                "problems": self.problems, "warnings": self.warnings}
+        out = {"source": self.source, "rows_read": self.rows_read, "kept": self.kept,
+               "dropped": len(self.problems), "counts_by_reason": self.counts_by_reason(),
+               "problems": self.problems, "warnings": self.warnings}
+        if self.origin is not None:
+            out["origin"] = self.origin
+        return out
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts_by_reason().items())) or "none"
@@ -65,27 +75,115 @@ class DataReport:
 
 
 NAMED_SOURCES = {"workshop": "workshop.jsonl", "workshop-eval": "workshop_eval.jsonl"}
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+DEFAULT_SPLIT = "train"
+SPEC_GRAMMAR = "owner/dataset[:config][@revision][#split]"
+SPEC_EXAMPLE = "e.g. tatsu-lab/alpaca, openai/gsm8k:main#test or owner/dataset@v1.0"
+
+# Hub repo ids (an optional owner, then a name), builder config names, git revisions (branches, tags, shas,
+# refs/convert/parquet), and `datasets` split expressions (train, train[:10%], train+validation).
+_NAME = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", re.ASCII)
+_CONFIG = re.compile(r"[\w.+-]+", re.ASCII)
+_REVISION = re.compile(r"[\w.-]+(?:/[\w.-]+)*", re.ASCII)
+_SPLIT = re.compile(r"[\w.+%:\[\]-]+", re.ASCII)
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A hub dataset named by `owner/name[:config][@revision][#split]` (None: the hub's default)."""
+
+    name: str
+    config: str | None = None
+    revision: str | None = None
+    split: str | None = None
+
+    def __str__(self) -> str:
+        return (self.name + (f":{self.config}" if self.config else "") + (f"@{self.revision}" if self.revision else "")
+                + (f"#{self.split}" if self.split else ""))
+
+
+def parse_hub_spec(text: str) -> HubSpec:
+    """`owner/name[:config][@revision][#split]` -> HubSpec; a malformed spec is one DatasetSpecError line.
+
+    Why one grammar for every place data is named (--train, --eval, --eval-data, the profile's train_data /
+    eval_data, load_samples): the split and revision travel with the name, so no command needs flags of its own.
+    The pieces are cut off from the right: '#' first (a split expression may hold ':'), then '@', then ':'.
+    """
+    rest, _, split = text.partition("#") if "#" in text else (text, "", None)
+    rest, _, revision = rest.partition("@") if "@" in rest else (rest, "", None)
+    name, _, config = rest.partition(":") if ":" in rest else (rest, "", None)
+    problem = None
+    if not _NAME.fullmatch(name) or ".." in name:
+        problem = f"{name!r} is not a dataset id (owner/dataset of letters, digits, '-', '_', '.')"
+    elif config is not None and not _CONFIG.fullmatch(config):
+        problem = f"config {config!r} is empty or has characters a config cannot have"
+    elif revision is not None and not _REVISION.fullmatch(revision):
+        problem = f"revision {revision!r} is empty or not a branch, tag or commit"
+    elif split is not None and not _SPLIT.fullmatch(split):
+        problem = f"split {split!r} is empty or not a split expression like train or train[:10%]"
+    if problem:
+        raise DatasetSpecError(f"Data source {text!r}: {problem}. A hub dataset is {SPEC_GRAMMAR}, {SPEC_EXAMPLE}; "
+                               "a local file needs its extension (.jsonl, .json, .csv, .parquet) or a path like "
+                               "./data/file.")
+    return HubSpec(name, config or None, revision or None, split or None)
+
+
+def is_local_source(source: str | Path) -> bool:
+    """True for a path (as the lab always read it), False for a hub spec.
+
+    A local path: a Path, "workshop" / "workshop-eval", anything that exists, or text that looks like a path
+    (starts with '.', '/' or '~', holds the platform's own separator or a drive, or ends in a data suffix).
+    """
+    if isinstance(source, Path) or source in NAMED_SOURCES:
+        return True
+    text = str(source)
+    if text.startswith((".", "/", "~")) or os.path.splitdrive(text)[0]:
+        return True
+    if any(sep and sep != "/" and sep in text for sep in (os.sep, os.altsep)):
+        return True
+    return Path(text).suffix.lower() in DATA_SUFFIXES or Path(text).expanduser().exists()
 
 
 def source_path(source: str | Path) -> Path:
     """The file or folder a source names ("workshop" and "workshop-eval" live in the project's data/)."""
     if isinstance(source, str) and source in NAMED_SOURCES:
         return repo_data_dir() / NAMED_SOURCES[source]
-    return Path(source)
+    return Path(source).expanduser()
 
 
-def read_rows(source: str | Path, *, fmt: str | None = None, split: str = "train") -> tuple[list[Any], list[dict]]:
-    """Raw rows from a file, a saved `datasets` folder, or a `datasets` hub name.
+def read_rows(source: str | Path, *, fmt: str | None = None, split: str | None = None) -> tuple[list[Any], list[dict]]:
+    """Raw rows from a file, a saved `datasets` folder, or a hub spec (see parse_hub_spec).
 
     Returns (rows, problems) where problems are unreadable lines (invalid JSON) with their numbers.
     """
+    rows, problems, _ = read_source(source, fmt=fmt, split=split)
+    return rows, problems
+
+
+def read_source(source: str | Path, *, fmt: str | None = None,
+                split: str | None = None) -> tuple[list[Any], list[dict], dict]:
+    """read_rows plus where the rows came from (the `origin` stage 01 writes into its manifest).
+
+    split: the split of a hub dataset or of a saved DatasetDict (default "train"); a hub spec may carry its
+    own ('#test'); giving both, different, is an error rather than a silent choice.
+    """
+    if fmt == "hub" or (fmt is None and not is_local_source(source)):
+        spec = parse_hub_spec(str(source))
+        if split and spec.split and split != spec.split:
+            raise DatasetSpecError(f"Data source {str(source)!r} asks for split {spec.split!r} but split={split!r} "
+                                   "was passed too: keep one of them.")
+        rows, origin = load_hub_rows(spec, spec.split or split or DEFAULT_SPLIT)
+        return rows, [], origin
+    split = split or DEFAULT_SPLIT
     path = source_path(source)
-    fmt = fmt or _guess_format(path)
-    if fmt in ("jsonl", "json", "csv", "parquet") and not path.exists():
+    origin = {"type": "local", "source": str(source), "path": str(path)}
+    if not path.exists() and fmt in (None, "jsonl", "json", "csv", "parquet"):
         raise DataError(f"Data file not found: {path}. Give a file (JSONL, JSON, CSV, Parquet), a saved `datasets` "
-                        "folder, a hub dataset name, or 'workshop'.")
+                        f"folder, a hub dataset ({SPEC_GRAMMAR}), or 'workshop'.")
+    fmt = fmt or _guess_format(path)
     if fmt == "jsonl":
-        return _read_jsonl_lines(path)
+        return (*_read_jsonl_lines(path), origin)
     problems: list[dict] = []
     if fmt == "json":
         data = json.loads(_read_utf8(path))
@@ -93,7 +191,7 @@ def read_rows(source: str | Path, *, fmt: str | None = None, split: str = "train
             data = data.get("data") or data.get("rows") or data.get(split)
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of records (Alpaca style)")
-        return data, problems
+        return data, problems, origin
     if fmt in ("csv", "parquet"):
         import pandas as pd
 
@@ -103,23 +201,72 @@ def read_rows(source: str | Path, *, fmt: str | None = None, split: str = "train
             df = pd.read_csv(io.StringIO(_read_utf8(path)), dtype=object, keep_default_na=False)
         else:
             df = pd.read_parquet(path)
-        return df.to_dict(orient="records"), problems
+        return df.to_dict(orient="records"), problems, origin
     if fmt == "datasets_disk":
         from datasets import DatasetDict, load_from_disk
 
         ds = load_from_disk(str(path))
         if isinstance(ds, DatasetDict):
             ds = ds[split]
-        return list(ds), problems
-    if fmt == "hub":
-        from datasets import load_dataset
-
-        try:
-            ds = load_dataset(str(source), split=split)
-        except Exception as exc:  # noqa: BLE001 - re-raised with a hint
-            raise DataError(f"Could not load dataset {source!r} ({exc}). Offline? Use a local file or 'workshop'.") from exc
-        return list(ds), problems
+            origin["split"] = split
+        return list(ds), problems, origin
     raise DataError(f"unknown data format {fmt!r} for {source}")
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as `datasets` read it at import (what decides whether it asks the hub)."""
+    from datasets import config
+
+    return bool(getattr(config, "HF_HUB_OFFLINE", False))
+
+
+def load_hub_rows(spec: HubSpec, split: str) -> tuple[list[Any], dict]:
+    """Rows of one split of a hub dataset, and its origin with the revision the hub resolved.
+
+    Offline, `datasets` serves the newest copy in its cache whatever revision was asked for, so a pinned
+    commit that differs from the cached one is refused instead of silently reading other data.
+    """
+    from datasets import load_dataset
+
+    offline = _hub_offline()
+    try:
+        ds = load_dataset(spec.name, spec.config, split=split, revision=spec.revision)
+    except Exception as exc:  # noqa: BLE001 - re-raised as one line with a hint
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        hint = ("HF_HUB_OFFLINE=1 is set and the dataset is not in the `datasets` cache: load it once online, "
+                "or use a local file or 'workshop'" if offline else
+                "check the name, config, split and revision on the hub (and HF_TOKEN for a gated dataset), "
+                "or use a local file or 'workshop'")
+        raise DataError(f"Could not load dataset {str(spec)!r} ({reason}). {hint}.") from exc
+    resolved, how = resolved_revision(ds, spec, offline)
+    if offline and spec.revision and _SHA.fullmatch(spec.revision) and resolved and resolved != spec.revision:
+        raise DataError(f"Dataset {spec.name!r} revision {spec.revision} was asked for, but offline the `datasets` "
+                        f"cache holds {resolved}: load it once online, or pin @{resolved}.")
+    origin = {"type": "hub", "name": spec.name, "config": spec.config, "split": split, "revision": spec.revision,
+              "resolved_revision": resolved, "revision_from": how}
+    return list(ds), origin
+
+
+def resolved_revision(ds: Any, spec: HubSpec, offline: bool) -> tuple[str | None, str]:
+    """The commit the loaded rows come from, and how it was learnt.
+
+    `datasets` pins a hub dataset to one commit before reading it and caches the prepared Arrow files in a
+    folder named after that commit (.../<config>/<version>/<commit>/), so the loaded files themselves say
+    which commit was read ("cache files"; offline that is the newest cached copy: "cache files (offline)").
+    With no cache files (an in-memory dataset), online, the hub is asked what `revision` points at now.
+    """
+    for f in getattr(ds, "cache_files", None) or []:
+        folder = Path(f.get("filename", "")).parent.name
+        if _SHA.fullmatch(folder):
+            return folder, "cache files (offline)" if offline else "cache files"
+    if offline:
+        return None, "unknown (offline, no cache files)"
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(spec.name, revision=spec.revision).sha, "hub api"
+    except Exception as exc:  # noqa: BLE001 - the rows are loaded; a missing sha is recorded, not fatal
+        return None, f"unknown ({type(exc).__name__})"
 
 
 class _BlankLine:
@@ -172,7 +319,7 @@ def _read_utf8(path: Path) -> str:
 
 def _guess_format(path: Path) -> str:
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if any((path / marker).exists() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
             return "datasets_disk"
         raise DataError(f"{path} is a folder but not a saved `datasets` dataset")
     suffix = path.suffix.lower()
@@ -182,8 +329,6 @@ def _guess_format(path: Path) -> str:
         return "json"
     if suffix in (".csv", ".parquet"):
         return suffix[1:]
-    if not path.exists():
-        return "hub"
     raise DataError(f"cannot tell the format of {path}; pass fmt= one of jsonl, json, csv, parquet")
 
 
@@ -290,13 +435,19 @@ def normalize(rows: list[Any], *, kind: str = "train", column_map: dict[str, str
     return out, report
 
 
-def load_samples(source: str | Path, *, kind: str = "train", fmt: str | None = None, split: str = "train",
+def load_samples(source: str | Path, *, kind: str = "train", fmt: str | None = None, split: str | None = None,
                  column_map: dict[str, str] | None = None, max_chars: int | None = 20000,
                  strict: bool = False) -> tuple[list[dict], DataReport]:
-    """Read and normalise a dataset. strict=True raises DataError on the first bad rows instead of skipping."""
-    rows, problems = read_rows(source, fmt=fmt, split=split)
+    """Read and normalise a dataset. strict=True raises DataError on the first bad rows instead of skipping.
+
+    source: a local path, "workshop" / "workshop-eval", or a hub spec owner/name[:config][@revision][#split];
+    split (default "train") picks the split of a hub dataset or a saved DatasetDict. report.origin says
+    where the rows came from (for a hub dataset: the resolved commit).
+    """
+    rows, problems, origin = read_source(source, fmt=fmt, split=split)
     samples, report = normalize(rows, kind=kind, column_map=column_map, max_chars=max_chars,
                                 source=str(source), pre_problems=problems)
+    report.origin = origin
     if strict and report.problems:
         shown = "; ".join(f"row {p['row']} ({p['id'] or 'no id'}): {p['reason']} - {p['detail']}"
                           for p in report.problems[:10])

@@ -1,7 +1,9 @@
 """Stage 01 as a run step: read the training and evaluation data, keep a subset, write the report.
 
 Writes 01_data/samples.jsonl, eval.jsonl and data_report.json. The content hash of a local source
-is part of the fingerprint, so editing the data file makes every later stage stale.
+is part of the fingerprint, so editing the data file makes every later stage stale. The manifest's
+`sources` says where each set came from: a local path, or a hub dataset's name, config, split and the
+commit the hub resolved (pin `@<commit>` in the spec to make a rerun read the same rows).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from ..core.config import ConfigError, StageConfig
 from ..core.runs import Run, records_failure, sha256_path, write_json_atomic, write_jsonl_atomic
-from .load import DataError, load_samples, source_path, stratified_subset
+from .load import DataError, is_local_source, load_samples, parse_hub_spec, source_path, stratified_subset
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,9 @@ class DataConfig(StageConfig):
 
     STAGE = "data"
 
-    train: str = "workshop"  # a file (JSONL, JSON, CSV, Parquet), a saved `datasets` folder, a hub name or "workshop"
+    # a file (JSONL, JSON, CSV, Parquet), a saved `datasets` folder, "workshop", or a hub dataset
+    # owner/name[:config][@revision][#split] (split default "train"; see data.load.parse_hub_spec)
+    train: str = "workshop"
     eval: str | None = "workshop-eval"  # held-out prompts with reference answers (None: no eval set)
     n_samples: int | None = None  # a stratified subset of the training data (None: all)
     n_eval: int | None = None
@@ -34,6 +38,9 @@ class DataConfig(StageConfig):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"DataConfig.{name} must be at least 1 (or None for all), not {value}")
+        for source in (self.train, self.eval):  # a malformed hub spec fails here, before the stage starts
+            if source is not None and not is_local_source(source):
+                parse_hub_spec(source)
 
     @classmethod
     def profile_values(cls, profile: Any) -> dict[str, Any]:
@@ -84,4 +91,5 @@ def run_data(run: Run, config: DataConfig | None = None, *, force: bool = False,
         run.fail("data", error)
         raise DataError(error)
     counts = {"train": len(samples), "eval": len(eval_samples), "train_dropped": len(report.problems)}
-    return run.complete("data", fingerprinted, outputs, counts)
+    sources = {"train": report.origin, "eval": eval_report.origin if eval_report else None}
+    return run.complete("data", fingerprinted, outputs, counts, extra={"sources": sources})
