@@ -66,7 +66,7 @@ def trial(prepared: Run, root: Path, profile: Profile, setting: dict) -> list[di
     trained = {"name": name, **setting, "train_rows": ft["counts"].get("train_samples"),
                "steps": ft["counts"].get("steps"), "final_train_loss": ft["counts"].get("final_train_loss"),
                "train_s": round(train_s, 1)}
-    return [answer(run, prof, trained, decode) for decode in decodes]
+    return [answer(run, prof, trained, decode) for decode in decodes] or [trained]
 
 
 def answer(run: Run, prof: Profile, trained: dict, decode: dict) -> dict:
@@ -96,9 +96,14 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=None, help="training samples (default: the profile's)")
     ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts (default: the profile's)")
     ap.add_argument("--setting", action="append", default=[], help="a JSON object (repeatable)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON lines file to append to (default: ROOT/results.jsonl)")
     args = ap.parse_args()
     root = Path(args.root)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     profile = get_profile(args.profile, n_samples=args.n_samples, n_eval=args.n_eval)
     settings = [json.loads(s) for s in args.setting] or [{"name": "profile-default"}]
     t0 = time.perf_counter()

@@ -48,6 +48,7 @@ class Profile:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     tags_as_special_tokens: bool = False
+    gradient_checkpointing: bool = True  # less memory, about a third more compute per step
     report_to: str = "none"  # training logs also to "tensorboard", "trackio" or "wandb" (when installed)
     merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/
     # inference / evaluation

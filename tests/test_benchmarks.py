@@ -4,6 +4,7 @@ so they do not rot. Their figures are read by people (benchmarks/RESULTS.md), ne
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ QUICK = {
     "bench_reflect.py": ["--n", "8", "--latency-s", "0.05", "--concurrency", "1,4"],
     # 2 optimizer steps per arm still load the 4-bit model, build both trainers and time them (~12 s here).
     "bench_train.py": ["--steps", "2", "--batch-size", "2", "--max-length", "256"],
+    "format_sweep.py": ["--profile", "ci", "--n-samples", "12", "--n-eval", "2", "--threads", "1",
+                        "--root", str(Path(tempfile.gettempdir()) / "reflection-lab-format-sweep-test"),
+                        "--setting", '{"name": "quick", "max_steps": 2, "decodes": [{"max_new_tokens": 8}]}'],
     "gpu/bench_scoring_gpu.py": ["--dry-run"],
     "gpu/bench_train_gpu.py": ["--dry-run"],  # tiny Llama on the CPU, both arms (~8 s here with one thread)
 }

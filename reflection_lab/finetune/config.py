@@ -74,6 +74,7 @@ class FinetuneConfig(StageConfig):
                     max_steps=profile.max_steps, batch_size=profile.batch_size, grad_accum=profile.grad_accum,
                     learning_rate=profile.learning_rate, lora_r=profile.lora_r, lora_alpha=profile.lora_alpha,
                     lora_dropout=profile.lora_dropout, tags_as_special_tokens=profile.tags_as_special_tokens,
+                    gradient_checkpointing=profile.gradient_checkpointing,
                     template=profile.template, max_length=profile.max_length, seed=profile.seed,
                     dtype=profile.dtype, device=profile.device, merge=profile.merge, report_to=profile.report_to)
 
