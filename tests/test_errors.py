@@ -56,6 +56,8 @@ CASES = [
      "error: unknown profile 'nope'"),
     ("`--set` without a value", ["data", "--run", "{run}", "--set", "n_samples"], None, 2,
      "error: --set needs FIELD=VALUE"),
+    ("a malformed hub data set spec", ["data", "--profile", "ci", "--run", "{run}", "--train", "owner/data:"], None, 2,
+     "error: Data source 'owner/data:': config '' is empty"),
     ("a column map that is not FIELD=COLUMN", ["data", "--run", "{run}", "--column-map", "garbage"], None, 2,
      "error: --column-map needs FIELD=COLUMN pairs"),
     ("a training file that does not exist", ["data", "--run", "{run}", "--train", "{tmp}/nope.jsonl"], None, 2,
