@@ -13,7 +13,8 @@ share with a `<reflection>` block. These lines are what docs/finetune.md records
 
 A setting is a JSON object: "name", any Profile field that shapes the training (max_steps, learning_rate,
 lora_r, lora_alpha, tags_as_special_tokens, ...) and "decodes": a list of {"max_new_tokens": N,
-"repetition_penalty": P} to answer with after that one training (default: the profile's budget, greedy).
+"repetition_penalty": P, "stop": false} to answer with after that one training (default: the profile's budget,
+greedy, ending at "</output>"; "stop": false generates on to the end-of-turn token or the budget).
 """
 
 from __future__ import annotations
@@ -73,12 +74,13 @@ def answer(run: Run, prof: Profile, trained: dict, decode: dict) -> dict:
     """Greedy answers to the held-out prompts with one token budget and repetition penalty."""
     budget = decode.get("max_new_tokens", prof.max_new_tokens)
     penalty = decode.get("repetition_penalty")
-    preset = SamplingPreset(f"greedy-rp{penalty}", repetition_penalty=penalty) if penalty else "greedy"
+    stop = ("</output>",) if decode.get("stop", True) else ()
+    preset = SamplingPreset(f"greedy-rp{penalty}-stop{len(stop)}", repetition_penalty=penalty, stop=stop)
     t0 = time.perf_counter()
     inf = run_infer(run, InferConfig.from_profile(prof, preset=preset, max_new_tokens=budget), force=True,
                     progress=False)
     c, n = inf["counts"], inf["counts"]["prompts"]
-    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty,
+    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop),
             "infer_s": round(time.perf_counter() - t0, 1), "prompts": n,
             "well_formed_share": c["well_formed_share"],
             "stopped_share": round(c["finish_reasons"].get("stop", 0) / n, 4),

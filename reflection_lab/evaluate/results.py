@@ -32,6 +32,7 @@ def build_metrics(rows_by_arm: dict[str, list[dict]], arm_info: dict[str, dict],
             entry.update(arm_summary(rows_by_arm[arm], **kw))
             entry["train_steps"] = info.get("train_steps")
             entry["final_train_loss"] = info.get("final_train_loss")
+            entry["model"] = info.get("model")  # what answered: backend, model name, precision
         arms[arm] = entry
     judge: list[dict] = []
     for a, b in config.get("judge_pairs", []):
@@ -46,6 +47,7 @@ def build_metrics(rows_by_arm: dict[str, list[dict]], arm_info: dict[str, dict],
              "eval_source": config["eval"]["source"], "n_eval": config["eval"]["n"],
              "n_numeric": sum(bool(r.get("numeric")) for r in any_rows), "seed": seed, "n_boot": n_boot,
              "ci_level": level, "rel_tol": config["rel_tol"], "decoding": "greedy",
+             "generator": config["generation"].get("generator", "local"),
              "base_system_prompt": config["generation"]["base_system_prompt"], "judge": config.get("judge")}
     per_arm = {a: {k: i.get(k) for k in ("train_seconds", "generate_seconds", "loss_seconds", "reused_training",
                                          "reused_generations")} for a, i in arm_info.items()}

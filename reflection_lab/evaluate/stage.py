@@ -43,6 +43,7 @@ from ..finetune.config import FinetuneConfig
 from ..data import check_unique_ids
 from ..format.chat import SystemPrompt, system_prompt_text
 from ..inference.stage import generate_journalled
+from ..llm.sampling import get_preset
 from .answers import arm_losses, arm_rows, prompt_sha
 from .arms import (ARM_TITLES, ARMS, ArmSkipped, arm_data, check_arms, inputs_digest, parent_finetune_reusable,
                    required_stages, train_arm)
@@ -50,6 +51,7 @@ from .metrics import CI_LEVEL, METRICS, N_BOOT, REL_TOL
 from .results import SCHEMA, build_metrics
 
 OUTPUTS = ["metrics.json", "report.html", "report_offline.html", "generations"]
+GENERATORS = ("local", "openai")
 JUDGE_VIEWS = ("output", "full")
 
 
@@ -79,10 +81,21 @@ class EvaluateConfig(StageConfig):
     score_batch_tokens: int = 4096
     profile: str = ""  # the profile's name, for the report
     n_samples: int | None = None  # the profile's training subset, for the report
+    # "local" (transformers in this process) or "openai": every arm answers through an OpenAI-compatible endpoint
+    # (generator_url, else REFLECTION_LAB_INFER_BASE_URL) that serves it under a model name: arm_models
+    # "arm=name,..."; an arm not named there is asked for as the student spec (base) or its own name (a trained
+    # arm), the names `vllm serve STUDENT --enable-lora --lora-modules selected=RUN/05_finetune/adapter` gives.
+    # The reference-answer losses still load each arm here: they need the logits.
+    generator: str = "local"
+    generator_url: str | None = None
+    arm_models: str | None = None
 
     def validate(self) -> None:
         check_arms(self.arms)
         self.pairs()
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"EvaluateConfig.generator must be one of {GENERATORS}, not {self.generator!r}")
+        self.served_names()
         if self.judge_view not in JUDGE_VIEWS:
             raise ConfigError(f"EvaluateConfig.judge_view must be one of {JUDGE_VIEWS}, not {self.judge_view!r}")
         if not 0 < self.level < 1:
@@ -107,6 +120,17 @@ class EvaluateConfig(StageConfig):
 
     def as_dict(self) -> dict[str, Any]:
         return {**super().as_dict(), "finetune": self.finetune.as_dict()}
+
+    def served_names(self) -> dict[str, str]:
+        """The endpoint's model name per evaluated arm (arm_models first, then the defaults)."""
+        named: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in (self.arm_models or "").split(","))):
+            arm, sep, name = (x.strip() for x in item.partition("="))
+            if not sep or not name or arm not in ARMS:
+                raise ConfigError(f"EvaluateConfig.arm_models item {item!r} must be ARM=MODEL_NAME with ARM one of "
+                                  f"{', '.join(ARMS)}, e.g. 'base=Qwen/Qwen2.5-0.5B-Instruct,selected=sel-lora'")
+            named[arm] = name
+        return {a: named.get(a, self.finetune.student if a == "base" else a) for a in self.arms}
 
     def make_judge(self) -> Any:
         from ..llm import make_backend
@@ -164,8 +188,10 @@ def run_evaluate(run: Run, config: EvaluateConfig | None = None, *, force: bool 
     rows, eval_source = load_eval_rows(run, c.eval_data, c.n_eval)
     pairs = c.pairs()
     base_system = system_prompt_text(c.base_system_prompt)
-    generation = {"preset": "greedy", "max_new_tokens": c.max_new_tokens, "base_system_prompt": base_system,
-                  "base_quant4": c.finetune.method == "qlora", "template": c.finetune.template}
+    generation = {"preset": get_preset("greedy").as_dict(), "max_new_tokens": c.max_new_tokens,
+                  "base_system_prompt": base_system,
+                  "base_quant4": c.finetune.method == "qlora", "template": c.finetune.template,
+                  "generator": c.generator}
     fingerprinted = {"schema": SCHEMA, "arms": list(c.arms), "seed": c.seed, "n_boot": c.n_boot, "level": c.level,
                      "rel_tol": REL_TOL,
                      "eval": {"source": eval_source, "n": len(rows), "rows_sha256": stable_hash(rows)},
@@ -220,6 +246,19 @@ def _arm_model(source: Run | None, c: EvaluateConfig, base_system: str | None) -
     return finetuned_model(source, system_prompt="trained", dtype=ft.dtype, device=ft.device)
 
 
+def _arm_endpoint(arm: str, source: Run | None, c: EvaluateConfig, base_system: str | None) -> Any:
+    """The endpoint generator that answers for one arm, sent the system message the arm was trained with."""
+    from ..inference.endpoint import EndpointGenerator
+
+    if source is None:
+        system = base_system
+    else:
+        from ..finetune import training_format
+
+        system = training_format(source).system_prompt
+    return EndpointGenerator(f"openai:{c.served_names()[arm]}", base_url=c.generator_url, system_prompt=system)
+
+
 def _train(run: Run, arm: str, data: Any, c: EvaluateConfig, info: dict, progress: bool
            ) -> tuple[Run | None, dict | None]:
     """Train (or reuse) one arm's student: (the run holding it, its 05_finetune manifest), or (None, None)."""
@@ -254,6 +293,9 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], c: EvaluateConfig, base_
         if ft_m is None:
             return info, None
         identity = {"finetune": ft_m.get("fingerprint"), "outputs": ft_m.get("outputs"), **generation}
+    endpoint = None if c.generator == "local" else _arm_endpoint(arm, source, c, base_system)
+    if endpoint is not None:
+        identity["endpoint"] = endpoint.identity()
     arm_key = stable_hash({"arm": arm, "schema": SCHEMA, **identity})[:24]  # new metrics: score again
     meta_path, out_path = gen_dir / f"{arm}.meta.json", gen_dir / f"{arm}.jsonl"
     shas = [prompt_sha(r) for r in rows]
@@ -263,16 +305,18 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], c: EvaluateConfig, base_
             return {**info, **meta["info"], "status": "done", "reused_generations": True}, read_jsonl(out_path)
     if progress:
         print(f"[evaluate] arm {arm}: generating {len(rows)} answers", flush=True)
-    lm = _arm_model(source, c, base_system)
+    lm = None if endpoint is not None else _arm_model(source, c, base_system)
     t1 = time.perf_counter()
-    gens, _ = generate_journalled(lm, rows, gen_dir / f"{arm}.journal.jsonl", identity=arm_key, preset="greedy",
-                                  max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, progress=progress,
-                                  desc=f"{arm} generations")
+    gens, _ = generate_journalled(endpoint or lm, rows, gen_dir / f"{arm}.journal.jsonl", identity=arm_key,
+                                  preset="greedy", max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+                                  progress=progress, desc=f"{arm} generations")
     t2 = time.perf_counter()
+    if lm is None:  # answered by the endpoint; the losses need the logits, so the arm is loaded here after all
+        lm = _arm_model(source, c, base_system)
     losses = arm_losses(lm, rows, gens, max_length=c.max_length, batch_tokens=c.score_batch_tokens)
     t3 = time.perf_counter()
-    info.update(generate_seconds=round(t2 - t1, 2), loss_seconds=round(t3 - t2, 2), model=lm.describe(),
-                arm_seconds=round(t3 - t0, 2))
+    info.update(generate_seconds=round(t2 - t1, 2), loss_seconds=round(t3 - t2, 2),
+                model=(endpoint or lm).describe(), arm_seconds=round(t3 - t0, 2))
     del lm
     gc.collect()
     done = arm_rows(arm, rows, gens, losses)

@@ -29,7 +29,7 @@ from ..format.chat import (REFLECTION_PROMPT, SystemPrompt, TrainingFormat, buil
 from ..format.tags import REFLECTION_TAGS, parse
 from ..format.templates import render_forward
 from .base import ChatReply, ChatRequest, OnReply, Prompt, error_reply
-from .sampling import SamplingPreset, get_preset, request_preset
+from .sampling import SamplingPreset, StopCutter, cut_at_stop, get_preset, request_preset
 from .streams import Generation, TextStream
 
 
@@ -232,13 +232,30 @@ class LocalModel:
             return [int(i) for i in prompt]
         raise TypeError("a prompt is a user message (str), chat messages (list of dicts) or token ids (list of int)")
 
-    def decode(self, ids: Sequence[int]) -> tuple[str, str, int]:
-        """(text, finish_reason, tokens used) of generated ids: cut at the first stop id, tags kept."""
+    def decode(self, ids: Sequence[int], stop: tuple[str, ...] = ()) -> tuple[str, str, int]:
+        """(text, finish_reason, tokens used) of generated ids: cut at the first stop id or stop text, tags kept."""
         ids = [int(i) for i in ids]
+        finish, used = "length", len(ids)
         for k, t in enumerate(ids):
             if t in self.policy.stop_ids:
-                return decode_keep_tags(self.tokenizer, ids[:k], self.policy.drop_ids), "stop", k + 1
-        return decode_keep_tags(self.tokenizer, ids, self.policy.drop_ids), "length", len(ids)
+                ids, finish, used = ids[:k], "stop", k + 1
+                break
+        text = decode_keep_tags(self.tokenizer, ids, self.policy.drop_ids)
+        cut, stopped = cut_at_stop(text, stop)
+        if stopped:
+            return cut, "stop", self._tokens_until(ids, stop)
+        return text, finish, used
+
+    def _tokens_until(self, ids: list[int], stop: tuple[str, ...]) -> int:
+        """How many ids it took to complete a stop text (binary search: a longer prefix still contains it)."""
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cut_at_stop(decode_keep_tags(self.tokenizer, ids[:mid], self.policy.drop_ids), stop)[1]:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _check_fits(self, n_prompt: int, max_new_tokens: int) -> str | None:
         limit = self.max_positions
@@ -269,6 +286,8 @@ class LocalModel:
             extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)
         if not preset.greedy and preset.seed is not None:
             torch.manual_seed(preset.seed)
+        if preset.stop:  # a row ends once its text holds a stop text; `decode` cuts there
+            extra.update(stop_strings=list(preset.stop), tokenizer=self.tokenizer)
         with torch.no_grad():
             out = self.lm.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                       eos_token_id=sorted(self.policy.stop_ids) or None, pad_token_id=pad,
@@ -284,14 +303,20 @@ class LocalModel:
         problem = self._check_fits(len(ids), max_new_tokens)
         if problem:
             raise ValueError(problem)
-        streamer = TagKeepingStreamer(self.tokenizer, on_text, drop_ids=self.policy.drop_ids | self.policy.stop_ids)
+        cutter = StopCutter(preset.stop)
+
+        def emit(chunk: str) -> None:
+            if part := cutter.feed(chunk):
+                on_text(part)
+
+        streamer = TagKeepingStreamer(self.tokenizer, emit, drop_ids=self.policy.drop_ids | self.policy.stop_ids)
         kw = dict(generate_kwargs or {})
         if cancel is not None:
             from transformers import StoppingCriteriaList
 
             kw["stopping_criteria"] = StoppingCriteriaList([*kw.get("stopping_criteria", []), _Cancelled(cancel)])
         out, width = self._generate([ids], preset, max_new_tokens, streamer=streamer, **kw)
-        _, finish, used = self.decode(out[0, width:].tolist())
+        _, finish, used = self.decode(out[0, width:].tolist(), preset.stop)
         if finish == "length" and cancel is not None and cancel.is_set() and used < max_new_tokens:
             finish = "cancelled"
         return finish, used
@@ -337,7 +362,7 @@ class LocalModel:
             out, width = self._generate([encoded[i] for i in batch], preset, max_new_tokens, **(generate_kwargs or {}))
             seconds = (time.perf_counter() - t0) / len(batch)
             for row, i in enumerate(batch):
-                text, finish, used = self.decode(out[row, width:].tolist())
+                text, finish, used = self.decode(out[row, width:].tolist(), preset.stop)
                 emit(i, Generation(text, finish, parse(text, truncated=finish == "length"), model=self.model,
                                    n_tokens=used, seconds=seconds))
         return [results[i] for i in range(len(prompts))]

@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from ..core.errors import LabError
 from ..format.chat import SystemPrompt, history_for_model, system_prompt_text
 from .base import ChatReply, ChatRequest, OnReply, error_reply
-from .sampling import SamplingPreset, get_preset
+from .sampling import SamplingPreset, StopCutter, get_preset
 from .streams import Generation, TextStream
 
 ENV_PREFIXES = {"teacher": "REFLECTION_LAB_TEACHER_", "generator": "REFLECTION_LAB_INFER_"}
@@ -341,6 +341,7 @@ class OpenAIStream(TextStream):
         # the client's own retries, before the first chunk only (a stream cannot be resumed mid-way)
         client = openai.OpenAI(**owner._client_args(), max_retries=owner.stream_retries)
         merger = ReasoningMerger()
+        cutter = StopCutter(preset.stop)  # cut here rather than send `stop`: the server would drop the tag
         body = {**owner.extra_body, **(extra_body or {})}
         try:
             resp = client.chat.completions.create(
@@ -355,9 +356,12 @@ class OpenAIStream(TextStream):
                         continue
                     choice = chunk.choices[0]
                     reasoning, field = delta_reasoning(choice.delta)
-                    text = merger.add(reasoning, choice.delta.content, field)
+                    text = cutter.feed(merger.add(reasoning, choice.delta.content, field) or "")
                     if text:
                         yield text
+                    if cutter.stopped:
+                        self.finish_reason = "stop"  # closing the response below tells the server to stop
+                        break
                     if choice.finish_reason:
                         self.finish_reason = str(choice.finish_reason)
             finally:

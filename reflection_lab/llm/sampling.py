@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+END_OF_ANSWER = "</output>"
+
 
 @dataclass(frozen=True)
 class SamplingPreset:
@@ -16,6 +18,10 @@ class SamplingPreset:
     top_k: int | None = None  # None: the model's own default
     repetition_penalty: float | None = None
     seed: int | None = 0
+    # generation ends once the text contains one of these (kept in the text): the Reflection format is
+    # complete at "</output>", and a small student that has learned the format only partly tends to start
+    # a second <thinking> block after it instead of its end-of-turn token
+    stop: tuple[str, ...] = (END_OF_ANSWER,)
     note: str = ""
 
     @property
@@ -37,10 +43,11 @@ class SamplingPreset:
         kw: dict[str, Any] = {"temperature": max(0.0, self.temperature), "top_p": self.top_p}
         if not self.greedy and self.seed is not None:
             kw["seed"] = self.seed
-        return kw
+        return kw  # `stop` is applied by the client while it reads (see StopCutter): the text keeps it
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-shaped (lists, not tuples), so a manifest read back equals the one written."""
+        return {**asdict(self), "stop": list(self.stop)}
 
 
 PRESETS: dict[str, SamplingPreset] = {
@@ -61,5 +68,32 @@ def get_preset(preset: str | SamplingPreset) -> SamplingPreset:
 
 
 def request_preset(temperature: float, top_p: float, seed: int | None = 0) -> SamplingPreset:
-    """The preset a chat request's own sampling fields describe (greedy at temperature 0)."""
-    return SamplingPreset("request", temperature=float(temperature), top_p=float(top_p), seed=seed)
+    """The preset a chat request's own sampling fields describe (greedy at temperature 0, no stop text)."""
+    return SamplingPreset("request", temperature=float(temperature), top_p=float(top_p), seed=seed, stop=())
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """The text up to and including the first stop text it contains, and whether there was one."""
+    ends = [text.index(s) + len(s) for s in stop if s and s in text]
+    return (text[:min(ends)], True) if ends else (text, False)
+
+
+class StopCutter:
+    """Cuts a stream of text chunks right after the first stop text, which may straddle two chunks.
+
+    Endpoints would drop a matched stop text (OpenAI's rule) and a local model's last token may carry
+    characters past it; cutting on the client keeps the closing tag in the text for every backend.
+    """
+
+    def __init__(self, stop: tuple[str, ...]):
+        self.stop = tuple(s for s in stop if s)
+        self.text = ""
+        self.stopped = False
+
+    def feed(self, chunk: str) -> str:
+        """The part of `chunk` to pass on (all of it until a stop text completes, nothing after)."""
+        if self.stopped or not self.stop:
+            return "" if self.stopped else chunk
+        before = len(self.text)
+        self.text, self.stopped = cut_at_stop(self.text + chunk, self.stop)
+        return self.text[before:]

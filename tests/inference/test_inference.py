@@ -110,7 +110,8 @@ def test_tags_as_special_tokens_survive_generation_and_skip_special_tokens_would
     chunks = list(stream)
     gen = stream.result()
     assert gen.text == TAGGED and "".join(chunks) == TAGGED and len(chunks) > 5
-    assert gen.finish_reason == "stop" and gen.n_tokens == len(ids) and "<|end|>" not in gen.text
+    # the preset's stop text "</output>" ends it one id before the end-of-turn id
+    assert gen.finish_reason == "stop" and gen.n_tokens == len(ids) - 1 and "<|end|>" not in gen.text
     assert gen.parsed.well_formed and gen.parsed.answer == "4" and gen.parsed.reflections[0].text == "Check: 2 + 2 = 4."
     batch = tagged_model.generate_batch(["What is 2 + 2?"], max_new_tokens=len(ids) + 5, generate_kwargs=kw)[0]
     assert batch.text == TAGGED and batch.finish_reason == "stop"
@@ -272,3 +273,19 @@ def test_smollm2_streams_and_batches_the_same_text(smollm2_path):
     assert lm.tokenizer.convert_tokens_to_ids("<|im_end|>") in lm.policy.stop_ids
     short = lm.generate("Reply with the single word yes.", max_new_tokens=64)
     assert short.finish_reason == "stop" and short.n_tokens < 64  # stops at its end-of-turn token
+
+
+def test_generation_ends_at_the_closing_output_tag_unless_the_preset_has_no_stop_text(tagged_model):
+    """A student that starts a second <thinking> after </output> is stopped there, streamed or batched."""
+    more = TAGGED + "\n<thinking>\nAnd again.\n</thinking>"
+    ids, kw = forced(tagged_model, more)
+    prompt, budget = "What is 2 + 2?", len(ids) + 5
+    stream = tagged_model.stream(prompt, max_new_tokens=budget, generate_kwargs=kw)
+    chunks = list(stream)
+    gen = stream.result()
+    assert "".join(chunks) == gen.text == TAGGED and gen.finish_reason == "stop" and gen.parsed.well_formed
+    batch = tagged_model.generate_batch([prompt, prompt], max_new_tokens=budget, generate_kwargs=kw)
+    assert [b.text for b in batch] == [TAGGED, TAGGED] and batch[0].n_tokens == gen.n_tokens < len(ids)
+    open_ended = dataclasses.replace(PRESETS["greedy"], stop=())
+    full = tagged_model.generate_batch([prompt], preset=open_ended, max_new_tokens=budget, generate_kwargs=kw)[0]
+    assert full.text == more and full.n_tokens == len(ids) and "thinking_after_output" in full.parsed.codes

@@ -252,3 +252,62 @@ def test_credentials_in_the_url_never_reach_a_reply_even_when_the_server_echoes_
     record = json.dumps(rep.record())
     for secret in ("s3cret-pw", base64.b64encode(b"alice:s3cret-pw").decode(), "SECRET123"):
         assert secret not in record
+
+
+# -- the stop text ------------------------------------------------------------------------------
+def test_stop_cutter_keeps_the_stop_text_even_across_chunks_and_drops_what_follows():
+    from reflection_lab.llm.sampling import StopCutter, cut_at_stop
+
+    cutter = StopCutter(("</output>",))
+    parts = [cutter.feed(c) for c in ["<output>\n4\n</out", "put>\n<thin", "king>\nagain"]]
+    assert parts == ["<output>\n4\n</out", "put>", ""] and cutter.stopped
+    assert cut_at_stop("a</x>b</y>c", ("</y>", "</x>")) == ("a</x>", True)
+    assert cut_at_stop("no stop here", ("</output>",)) == ("no stop here", False)
+    assert StopCutter(()).feed("</output> and more") == "</output> and more"
+
+
+class _Chunk:
+    def __init__(self, text, finish=None):
+        delta = type("Delta", (), {"content": text})()
+        self.choices = [type("Choice", (), {"delta": delta, "finish_reason": finish})()]
+        self.usage = None
+
+
+def test_openai_stream_ends_at_the_stop_text_and_keeps_it(monkeypatch):
+    """The client cuts (a server given `stop` would drop the closing tag) and closes the response."""
+    import dataclasses
+
+    import openai
+
+    from reflection_lab.llm.sampling import PRESETS
+
+    sent, closed = [], []
+    pieces = ["<thinking>\nsum\n</thinking>\n<output>\n4\n</out", "put>\n<thinking>\nagain", "\n</thinking>"]
+
+    class Response:
+        def __iter__(self):
+            for i, p in enumerate(pieces):
+                sent.append(p)
+                yield _Chunk(p, "stop" if i == len(pieces) - 1 else None)
+
+        def close(self):
+            closed.append(True)
+
+    class Client:
+        def __init__(self, **kw):
+            self.chat = type("Chat", (), {"completions": self})()
+
+        def create(self, **kw):
+            assert "stop" not in kw
+            return Response()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(openai, "OpenAI", Client)
+    model = OpenAIModel(model="m", base_url="http://127.0.0.1:9/v1", api_key="x")
+    gen = model.generate("What is 2 + 2?")
+    assert gen.text.endswith("<output>\n4\n</output>") and "again" not in gen.text
+    assert gen.finish_reason == "stop" and gen.parsed.well_formed and closed and len(sent) == 2
+    whole = model.generate("What is 2 + 2?", preset=dataclasses.replace(PRESETS["greedy"], stop=()))
+    assert "again" in whole.text and not whole.parsed.well_formed

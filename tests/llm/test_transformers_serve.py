@@ -107,3 +107,24 @@ def test_streamed_and_whole_generation_match_the_local_model(served):
     assert "".join(pieces) == whole.text
     assert _bytes_as_one_mark(whole.text) == _bytes_as_one_mark(mine.text)
     assert whole.finish_reason == mine.finish_reason == "length"
+
+
+def test_evaluation_arm_through_transformers_serve_answers_like_the_local_arm(served, tmp_path, monkeypatch):
+    """Stage 07's endpoint path (stage 06's generator) against a server the lab did not write."""
+    from reflection_lab.evaluate import EvaluateConfig, load_generations, run_evaluate
+    from reflection_lab.pipeline import run_pipeline
+
+    base_url, model = served
+    monkeypatch.setenv("REFLECTION_LAB_INFER_API_KEY", "unused")
+    profile = get_profile("ci", student=model, n_eval=2, max_new_tokens=MAX_TOKENS, quant4=False, device="cpu",
+                          dtype="float32")
+    runs = {}
+    for name, extra in (("local", {}), ("remote", {"generator": "openai", "generator_url": base_url})):
+        runs[name] = Run(tmp_path / name)
+        run_pipeline(runs[name], profile, stages=["data"], log=lambda *a: None)
+        # one prompt at a time, as the server takes them (a padded batch moves near-tied logits)
+        run_evaluate(runs[name], EvaluateConfig.from_profile(profile, arms=("base",), batch_size=1, **extra),
+                     progress=False)
+    got, want = (load_generations(runs[n], "base") for n in ("remote", "local"))
+    assert [_bytes_as_one_mark(r["text"]) for r in got] == [_bytes_as_one_mark(r["text"]) for r in want]
+    assert [r["ref_loss"] for r in got] == pytest.approx([r["ref_loss"] for r in want], abs=1e-5)
