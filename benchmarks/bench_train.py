@@ -1,4 +1,4 @@
-"""Training throughput and peak memory: the lab's stage 05 against a plain peft + Trainer baseline.
+"""Training throughput and peak memory: the lab's stage 05 against TRL's SFTTrainer and a plain peft + Trainer.
 
 Run: ``python benchmarks/bench_train.py`` (tiny student, about a minute on 2 CPU cores) or
 ``python benchmarks/bench_train.py --model smollm2-135m --steps 8 --batch-size 4`` (the real one).
@@ -11,7 +11,10 @@ differ only in batching:
 * lab: ``reflection_lab.finetune.run_finetune``: batches of similar length padded to their
   longest member (``LengthGroupedSampler`` + ``PadToLongest``);
 * baseline: every sample padded to the longest sample in the dataset, random order, transformers'
-  ``default_data_collator`` (what many notebooks do with ``padding="max_length"``).
+  ``default_data_collator`` (what many notebooks do with ``padding="max_length"``);
+* trl (when ``trl`` is installed): ``SFTTrainer`` with ``completion_only_loss`` on the same token ids, its own
+  QLoRA path (``peft_config``) and the best padding the model supports (padding-free with FlashAttention, else
+  padding to the batch's longest with length-grouped batches).
 
 Tokens/s counts real (non-padding) tokens only, over every step (the default 50 steps x 8 are two
 full passes over the data, so both arms train on exactly the same tokens). Peak memory
@@ -24,6 +27,7 @@ the way they do after selection.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -181,6 +185,65 @@ def arm_baseline(a: argparse.Namespace) -> dict:
             "steps": trainer.state.global_step, "padded_to": longest, **_peak_memory()}
 
 
+def arm_trl(a: argparse.Namespace) -> dict:
+    """TRL's SFTTrainer, what a user would pick instead of the lab: completion-only loss on the same token ids,
+    its own QLoRA path (peft_config), and its best padding the model supports: padding-free where the attention is
+    FlashAttention (sequences flattened into one row, no pads), else padding to the batch's longest with
+    `group_by_length` (padding-free without FlashAttention would let the samples attend to each other)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from reflection_lab.core.devices import pick_device
+    from reflection_lab.finetune.data import encode_rows, split_train_eval
+    from reflection_lab.finetune.trainer import checkpointing_args
+    from reflection_lab.format.chat import build_format
+    from reflection_lab.models import load_tokenizer, resolve_model
+
+    cfg = _config(a)
+    info = pick_device()
+    tok = load_tokenizer(a.model)
+    train, _ = split_train_eval(bench_rows(), 0.0, 0)
+    examples, _ = encode_rows(train, build_format(tok, "chat"), tok, max_length=a.max_length)
+    data = Dataset.from_list([{"input_ids": e["input_ids"], "completion_mask": [int(x != -100) for x in e["labels"]]}
+                              for e in examples])
+    torch.manual_seed(0)
+    kwargs: dict = {"dtype": info.torch_dtype()}
+    if a.quant4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True,
+                                                           bnb_4bit_compute_dtype=info.torch_dtype())
+    cuda = info.device == "cuda"
+    if cuda:
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(a.model), **kwargs)
+    padding_free = "flash" in str(getattr(model.config, "_attn_implementation", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(output_dir=tmp, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+                         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
+                         logging_steps=1, save_strategy="no", seed=0, use_cpu=not cuda,
+                         bf16=cuda and info.dtype == "bfloat16", fp16=cuda and info.dtype == "float16",
+                         **checkpointing_args(True), report_to=[], disable_tqdm=True,
+                         include_num_input_tokens_seen="non_padding", completion_only_loss=True,
+                         padding_free=padding_free, max_length=a.max_length,
+                         train_sampling_strategy="random" if padding_free else "group_by_length")
+        timing = _timing_callback()
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timing],
+                             peft_config=LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                    lora_dropout=cfg.lora_dropout, target_modules="all-linear",
+                                                    task_type="CAUSAL_LM"))
+        trainer.train()
+    rate, tokens, seconds = timing.rate()
+    return {"arm": "trl", "tokens_per_s": rate, "timed_tokens": tokens, "timed_seconds": seconds,
+            "steps": trainer.state.global_step, "padding": "padding-free" if padding_free else
+            "longest in batch, group_by_length", **_peak_memory()}
+
+
+ARMS = {"baseline": arm_baseline, "trl": arm_trl, "lab": arm_lab}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-llama")
@@ -191,18 +254,21 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per arm (0: torch's default). 1 by default: the tiny model gains nothing from "
                          "more, and on a shared 2-core machine two spinning OpenMP threads ran 5x slower")
-    ap.add_argument("--arm", choices=["lab", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.arm:
         import torch
 
         if a.threads:
             torch.set_num_threads(a.threads)
-        res = arm_lab(a) if a.arm == "lab" else arm_baseline(a)
-        print("RESULT " + json.dumps(res), flush=True)
+        print("RESULT " + json.dumps(ARMS[a.arm](a)), flush=True)
         return 0
     results = {}
-    for arm in ("baseline", "lab"):
+    arms = ["baseline", "trl", "lab"]
+    if importlib.util.find_spec("trl") is None:
+        arms.remove("trl")
+        print("trl is not installed (pip install trl): the TRL SFTTrainer arm is left out")
+    for arm in arms:
         cmd = [sys.executable, __file__, "--arm", arm] + [x for x in sys.argv[1:]]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -216,7 +282,7 @@ def main() -> int:
     mem = "peak_cuda_mib" if "peak_cuda_mib" in lab else "peak_rss_mib"
     print(f"model {a.model}, {'4-bit QLoRA' if a.quant4 else 'LoRA'}, {a.steps} steps x batch {a.batch_size}, "
           f"torch threads {a.threads or 'default'}; baseline pads every sample to {base['padded_to']} tokens")
-    for r in (base, lab):
+    for r in [results[arm] for arm in arms]:
         print(f"  {r['arm']:8s}  {r['tokens_per_s']:9.1f} real tokens/s  ({r['timed_tokens']} tokens in "
               f"{r['timed_seconds']:.1f} s)   peak {mem.split('_')[1]} "
               f"{r[mem]:8.1f} MiB   process wall {r['wall_s']:.1f} s")
@@ -225,7 +291,14 @@ def main() -> int:
     print(f"  ratio lab/baseline: {ratio:.2f}x tokens/s, {mem_ratio:.2f}x peak memory "
           f"(target >= 1.3x tokens/s with memory no higher: "
           f"{'met' if ratio >= 1.3 and mem_ratio <= 1.0 else 'NOT met'})")
-    print(json.dumps({"lab": lab, "baseline": base, "ratio_tokens_per_s": ratio, "ratio_peak_memory": mem_ratio}))
+    summary = {**results, "ratio_tokens_per_s": ratio, "ratio_peak_memory": mem_ratio}
+    if "trl" in results:
+        trl = results["trl"]
+        summary.update(ratio_tokens_per_s_vs_trl=lab["tokens_per_s"] / trl["tokens_per_s"],
+                       ratio_peak_memory_vs_trl=lab[mem] / trl[mem])
+        print(f"  ratio lab/TRL SFTTrainer ({trl['padding']}): {summary['ratio_tokens_per_s_vs_trl']:.2f}x tokens/s, "
+              f"{summary['ratio_peak_memory_vs_trl']:.2f}x peak memory")
+    print(json.dumps(summary))
     return 0
 
 

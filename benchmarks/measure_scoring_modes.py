@@ -13,6 +13,11 @@ profile makes them) under one student with several encodings, runs the default s
 
     python benchmarks/measure_scoring_modes.py                      # SmolLM2, template chat, all 100 samples
     python benchmarks/measure_scoring_modes.py --template vicuna --n 40
+    python benchmarks/measure_scoring_modes.py --from-run runs/full  # reuse that run's stage 03 as `lab`
+
+`--from-run` takes the samples from a run's 02_reflect and, when its finished 03_score was made with the same
+student, template, max_length and the lab's mode in full precision, its scores as the `lab` setting (the
+stage computes exactly what this script would; scoring SmolLM2 on 100 samples takes 10-20 minutes here).
 """
 
 from __future__ import annotations
@@ -50,6 +55,16 @@ def reflections(n: int | None) -> list[dict]:
         return read_jsonl(run.path("reflect", "reflections.jsonl"))
 
 
+def stage_scores(run: Run, rows: list[dict], model: str, template: str, max_length: int) -> list[dict] | None:
+    """A finished 03_score of `run` in `rows` order, when it was made with these settings (else None)."""
+    m = run.manifest("score") or {}
+    want = {"student": model, "template": template, "max_length": max_length, "scoring_mode": "lab", "quant4": False}
+    if m.get("status") != "complete" or any(m.get("config", {}).get(k) != v for k, v in want.items()):
+        return None
+    by_id = {r["id"]: r for r in read_jsonl(run.path("score", "scores.jsonl"))}
+    return [by_id[r["id"]] for r in rows] if all(r["id"] in by_id for r in rows) else None
+
+
 def score_rows(rows: list[dict], enc, engine: LossEngine) -> list[dict]:
     """scores.jsonl-shaped rows (what stage 04 reads) under one encoder."""
     plan = [(r["id"], v, *enc.items(r["variants"][v]["instruction"], r["variants"][v].get("input", ""),
@@ -82,9 +97,17 @@ def main() -> None:
     ap.add_argument("--template", default="chat", help="template of the two lab settings (chat, plain, alpaca, vicuna)")
     ap.add_argument("--n", type=int, default=None, help="workshop samples (default: all)")
     ap.add_argument("--max-length", type=int, default=768, help="as the offline profiles")
+    ap.add_argument("--from-run", help="a run directory: its 02_reflect samples and, if it matches, its 03_score")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
 
-    rows = reflections(args.n)
+        torch.set_num_threads(args.threads)
+
+    source = Run(args.from_run) if args.from_run else None
+    rows = read_jsonl(source.path("reflect", "reflections.jsonl"))[:args.n] if source else reflections(args.n)
+    reused = stage_scores(source, rows, args.model, args.template, args.max_length) if source else None
     tok, model = load_tokenizer(args.model), load_model(args.model, dtype="float32")
     engine = LossEngine(model, pad_id=tok.pad_token_id)
     old_start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -99,9 +122,13 @@ def main() -> None:
           f"now {tok.convert_ids_to_tokens(settings['lab'].start)!r}")
     scored = {}
     for name, enc in settings.items():
+        if name == "lab" and reused is not None:
+            scored[name] = reused
+            print(f"  lab: the scores of {args.from_run}/03_score (same student, template and max_length)")
+            continue
         t0 = time.perf_counter()
         scored[name] = score_rows(rows, enc, engine)
-        print(f"  scored {name} in {time.perf_counter() - t0:.0f} s")
+        print(f"  scored {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\n{'setting':<28} {'kept':>5} {'decisions changed':>18} {'|dIFD| mean':>12} {'max':>7} "
           f"{'|dr-IFD| mean':>14} {'max':>7}")
     for base, other in (("lab-old-start", "lab"), ("lab", "reference")):

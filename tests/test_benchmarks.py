@@ -37,3 +37,36 @@ def test_benchmark_script_runs(script):
                          text=True, timeout=600, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip()
+
+
+def test_scoring_modes_reuses_a_matching_stage_03_which_equals_its_own_lab_scores(tmp_path):
+    """`--from-run` skips scoring the `lab` setting only because stage 03 computes the same numbers: checked here."""
+    import importlib.util
+
+    from reflection_lab.core.runs import Run, read_jsonl
+    from reflection_lab.models import load_model, load_tokenizer
+    from reflection_lab.pipeline import run_pipeline
+    from reflection_lab.profiles import get_profile
+    from reflection_lab.scoring.encode import make_encoder
+    from reflection_lab.scoring.engine import LossEngine
+
+    path = ROOT / "benchmarks" / "measure_scoring_modes.py"
+    spec = importlib.util.spec_from_file_location("measure_scoring_modes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    profile = get_profile("ci", n_samples=3, quant4_scoring=False)
+    run = Run(tmp_path / "run")
+    run_pipeline(run, profile, stages=["data", "reflect", "score"], log=lambda *a: None)
+    rows = read_jsonl(run.path("reflect", "reflections.jsonl"))
+    reused = bench.stage_scores(run, rows, "tiny-llama", profile.template, profile.max_length)
+    assert reused is not None and [r["id"] for r in reused] == [r["id"] for r in rows]
+    assert bench.stage_scores(run, rows, "tiny-llama", profile.template, profile.max_length + 1) is None
+    tok, model = load_tokenizer("tiny-llama"), load_model("tiny-llama", dtype="float32")
+    enc = make_encoder(tok, mode="lab", template=profile.template, max_length=profile.max_length)
+    fresh = bench.score_rows(rows, enc, LossEngine(model, pad_id=tok.pad_token_id))
+    for a, b in zip(reused, fresh):
+        for v, scores in b["variants"].items():
+            for k in ("ifd", "rifd"):
+                assert (a["variants"][v][k] is None) == (scores[k] is None), (a["id"], v, k)
+                if scores[k] is not None:
+                    assert abs(a["variants"][v][k] - scores[k]) < 1e-5, (a["id"], v, k)
