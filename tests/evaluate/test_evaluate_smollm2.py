@@ -14,9 +14,13 @@ DATA = {"n_samples": 8, "n_eval": 4}
 OVERRIDES = {**DATA, "max_steps": 2, "max_new_tokens": 32}
 
 
-def test_smollm2_evaluation_all_arms(tmp_path, smollm2_path):
-    from reflection_lab.evaluate import (ARMS, EvaluateConfig, format_table, load_generations, load_metrics,
-                                         run_evaluate)
+# Three arms: the base, the run's own student and one more trained here (random: it also gives the paired
+# differences against random). All five arms are exercised with the tiny student in test_evaluate.py.
+ARMS = ("base", "selected", "random")
+
+
+def test_smollm2_evaluation_base_selected_and_random_arms(tmp_path, smollm2_path):
+    from reflection_lab.evaluate import EvaluateConfig, format_table, load_generations, load_metrics, run_evaluate
     from reflection_lab.evaluate.judge import scripted_judge
     from reflection_lab.pipeline import run_pipeline
     from reflection_lab.profiles import get_profile
@@ -29,7 +33,8 @@ def test_smollm2_evaluation_all_arms(tmp_path, smollm2_path):
     m = run_evaluate(run, EvaluateConfig.from_profile(profile, arms=ARMS), judge=scripted_judge(), progress=False)
     metrics = load_metrics(run)
     print(format_table(metrics))
-    assert m["counts"]["arms_done"] == 5, metrics["arms"]
+    assert m["counts"]["arms_done"] == 3, metrics["arms"]
+    assert metrics["differences"]["vs_random"], "selected - random needs both arms"
     for arm, e in metrics["arms"].items():
         loss = e["metrics"]["ref_loss"]
         assert loss["n"] == 4 and math.isfinite(loss["mean"]) and 0 < loss["mean"] < 6, (arm, loss)
