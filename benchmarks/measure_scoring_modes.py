@@ -58,8 +58,14 @@ def reflections(n: int | None) -> list[dict]:
 def stage_scores(run: Run, rows: list[dict], model: str, template: str, max_length: int) -> list[dict] | None:
     """A finished 03_score of `run` in `rows` order, when it was made with these settings (else None)."""
     m = run.manifest("score") or {}
+    import torch
+
     want = {"student": model, "template": template, "max_length": max_length, "scoring_mode": "lab", "quant4": False}
-    if m.get("status") != "complete" or any(m.get("config", {}).get(k) != v for k, v in want.items()):
+    config = m.get("config", {})
+    if m.get("status") != "complete" or any(config.get(k) != v for k, v in want.items()):
+        return None
+    # float32 as here: the manifest records the dtype asked for, not the one "auto" chose (bf16 on a GPU)
+    if config.get("dtype") not in ("float32", "auto") or (config.get("dtype") == "auto" and torch.cuda.is_available()):
         return None
     by_id = {r["id"]: r for r in read_jsonl(run.path("score", "scores.jsonl"))}
     return [by_id[r["id"]] for r in rows] if all(r["id"] in by_id for r in rows) else None

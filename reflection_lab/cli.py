@@ -42,9 +42,12 @@ def _evaluate_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--n-eval", type=int, help="evaluate on a stratified subset of this many held-out prompts")
     sp.add_argument("--eval-data", help="evaluate on another dataset (file, saved dataset folder or hub name)")
     sp.add_argument("--seed", type=int, help="seed of the bootstrap and the random arm (default 0)")
-    sp.add_argument("--generator", choices=["local", "openai"], help="answer with local transformers (default) or "
-                    "an OpenAI-compatible endpoint that serves every arm (vLLM with --enable-lora, TGI, Ollama)")
-    sp.add_argument("--generator-url", help="the endpoint's base URL (default: REFLECTION_LAB_INFER_BASE_URL)")
+    # own dests: in `run` these flags are stage 07's only (stage 06 takes `infer --generator openai:<model>`)
+    sp.add_argument("--generator", dest="eval_generator", choices=["local", "openai"],
+                    help="stage 07 answers with local transformers (default) or an OpenAI-compatible endpoint that "
+                         "serves every arm (vLLM with --enable-lora, TGI, Ollama)")
+    sp.add_argument("--generator-url", dest="eval_generator_url",
+                    help="the endpoint's base URL (default: REFLECTION_LAB_INFER_BASE_URL)")
     sp.add_argument("--arm-models", help="the endpoint's model name per arm, e.g. base=Qwen/Qwen2.5-0.5B-Instruct,"
                     "selected=sel (default: the student spec for base, the arm's name for the others)")
 
@@ -133,8 +136,8 @@ STAGE_FLAGS: dict[str, dict[str, str]] = {
     "select": {k: k for k in ("ifd_max", "rifd_max", "top_k_percent", "top_k_of", "min_words", "max_words",
                               "drop_refusals", "keep_unreflected_answers", "score_form")},
     "infer": {k: k for k in ("preset", "generator", "generator_url", "concurrency", "timeout_s", "max_retries")},
-    "evaluate": {k: k for k in ("arms", "judge", "judge_model", "n_eval", "eval_data", "seed", "generator",
-                                "generator_url", "arm_models")},
+    "evaluate": {**{k: k for k in ("arms", "judge", "judge_model", "n_eval", "eval_data", "seed", "arm_models")},
+                 "eval_generator": "generator", "eval_generator_url": "generator_url"},
 }
 
 

@@ -95,6 +95,10 @@ class EvaluateConfig(StageConfig):
         self.pairs()
         if self.generator not in GENERATORS:
             raise ConfigError(f"EvaluateConfig.generator must be one of {GENERATORS}, not {self.generator!r}")
+        if self.generator != "local" and self.finetune.template != "chat":
+            raise ConfigError(f"EvaluateConfig.generator {self.generator!r} needs the 'chat' template (an endpoint "
+                              f"applies the model's chat template), not {self.finetune.template!r}: evaluate "
+                              "this run locally (generator='local')")
         self.served_names()
         if self.judge_view not in JUDGE_VIEWS:
             raise ConfigError(f"EvaluateConfig.judge_view must be one of {JUDGE_VIEWS}, not {self.judge_view!r}")
@@ -188,10 +192,10 @@ def run_evaluate(run: Run, config: EvaluateConfig | None = None, *, force: bool 
     rows, eval_source = load_eval_rows(run, c.eval_data, c.n_eval)
     pairs = c.pairs()
     base_system = system_prompt_text(c.base_system_prompt)
-    generation = {"preset": get_preset("greedy").as_dict(), "max_new_tokens": c.max_new_tokens,
+    generation = {"preset": get_preset("greedy").fingerprint(), "max_new_tokens": c.max_new_tokens,
                   "base_system_prompt": base_system,
                   "base_quant4": c.finetune.method == "qlora", "template": c.finetune.template,
-                  "generator": c.generator}
+                  "generator": c.generator, "endpoint": _endpoint_identity(c)}
     fingerprinted = {"schema": SCHEMA, "arms": list(c.arms), "seed": c.seed, "n_boot": c.n_boot, "level": c.level,
                      "rel_tol": REL_TOL,
                      "eval": {"source": eval_source, "n": len(rows), "rows_sha256": stable_hash(rows)},
@@ -244,6 +248,17 @@ def _arm_model(source: Run | None, c: EvaluateConfig, base_system: str | None) -
         return LocalModel.from_spec(ft.student, system_prompt=base_system, template=ft.template,
                                     quant4=ft.method == "qlora", dtype=ft.dtype, device=ft.device)
     return finetuned_model(source, system_prompt="trained", dtype=ft.dtype, device=ft.device)
+
+
+def _endpoint_identity(c: EvaluateConfig) -> dict | None:
+    """Where the answers come from (the URL as resolved from the config or the environment, each arm's served
+    name): part of the stage's fingerprint, so pointing at another server or name is never a reuse."""
+    if c.generator == "local":
+        return None
+    from ..inference.endpoint import EndpointGenerator
+
+    url = EndpointGenerator("openai:any", base_url=c.generator_url).identity()["base_url"]
+    return {"base_url": url, "served_names": c.served_names()}
 
 
 def _arm_endpoint(arm: str, source: Run | None, c: EvaluateConfig, base_system: str | None) -> Any:

@@ -167,7 +167,7 @@ def run_infer(run: Run, config: InferConfig | None = None, *, force: bool = Fals
     endpoint = None if config.generator == "local" else _endpoint(run, config, sys_arg)
     fingerprinted = {"model": spec if endpoint is None else endpoint.identity(), "adapter": adapter_fp,
                      "use_adapter": config.use_adapter,
-                     "preset": preset.as_dict(), "max_new_tokens": config.max_new_tokens, "n": config.n,
+                     "preset": preset.fingerprint(), "max_new_tokens": config.max_new_tokens, "n": config.n,
                      "quant4": config.quant4, "dtype": config.dtype,
                      "system_prompt": sys_arg if sys_arg == "trained" else system_prompt_text(sys_arg)}
     if not force and run.is_current("infer", fingerprinted):

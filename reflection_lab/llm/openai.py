@@ -361,6 +361,8 @@ class OpenAIStream(TextStream):
                         yield text
                     if cutter.stopped:
                         self.finish_reason = "stop"  # closing the response below tells the server to stop
+                        self.notes.append(f"ended at the stop text {cutter.stop}; the server's token count "
+                                          "comes after it, so n_tokens is unknown")
                         break
                     if choice.finish_reason:
                         self.finish_reason = str(choice.finish_reason)

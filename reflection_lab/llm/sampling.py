@@ -49,6 +49,10 @@ class SamplingPreset:
         """JSON-shaped (lists, not tuples), so a manifest read back equals the one written."""
         return {**asdict(self), "stop": list(self.stop)}
 
+    def fingerprint(self) -> dict:
+        """What decides the text (the note does not): the part of a stage's fingerprint."""
+        return {k: v for k, v in self.as_dict().items() if k != "note"}
+
 
 PRESETS: dict[str, SamplingPreset] = {
     "greedy": SamplingPreset("greedy", note="deterministic; the default for evaluation"),

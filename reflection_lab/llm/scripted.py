@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 from .base import ChatReply, ChatRequest, Message, OnReply
-from .sampling import SamplingPreset
+from .sampling import SamplingPreset, StopCutter, get_preset
 from .streams import Generation, TextStream
 
 Replies = str | Sequence[str] | Callable[[list[Message]], str]
@@ -21,16 +21,22 @@ Replies = str | Sequence[str] | Callable[[list[Message]], str]
 
 class ScriptedStream(TextStream):
     def __init__(self, text: str, *, chunk_chars: int = 6, delay_s: float = 0.0, finish_reason: str = "stop",
-                 model: str = "scripted"):
+                 model: str = "scripted", stop: tuple[str, ...] = ()):
         super().__init__()
         self._text, self._n, self._delay, self._finish = text, max(1, chunk_chars), delay_s, finish_reason
+        self._stop = stop  # the preset's stop text: the script ends there, as a model would
         self.model = model
 
     def _chunks(self) -> Iterator[str]:
+        cutter = StopCutter(self._stop)
         for i in range(0, len(self._text), self._n):
             if self._delay:
                 time.sleep(self._delay)
-            yield self._text[i:i + self._n]
+            if part := cutter.feed(self._text[i:i + self._n]):
+                yield part
+            if cutter.stopped:
+                self.finish_reason = "stop"
+                return
         self.finish_reason = self._finish
 
 
@@ -58,7 +64,7 @@ class ScriptedModel:
         self.calls.append(prompt)
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         return ScriptedStream(self._reply(messages), chunk_chars=self.chunk_chars, delay_s=self.delay_s,
-                              finish_reason=self.finish_reason, model=self.model)
+                              finish_reason=self.finish_reason, model=self.model, stop=get_preset(preset).stop)
 
     def generate(self, prompt: Any, **kw: Any) -> Generation:
         return self.stream(prompt, **kw).result()

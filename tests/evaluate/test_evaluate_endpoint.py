@@ -65,10 +65,30 @@ def test_endpoint_arm_answers_and_scores_like_the_local_arm(tmp_path, server, sh
     assert run_evaluate(remote, config, progress=False) == m  # reused
 
 
-def test_cli_flags_reach_the_evaluate_config():
+def test_the_endpoint_and_served_names_are_part_of_the_fingerprint_and_other_templates_are_refused(monkeypatch):
+    from reflection_lab.evaluate.stage import _endpoint_identity
+
+    monkeypatch.setenv("REFLECTION_LAB_INFER_BASE_URL", "http://127.0.0.1:8001/v1")
+    profile = _profile("tiny-llama")
+    c = EvaluateConfig.from_profile(profile, arms=("base", "selected"), generator="openai")
+    assert _endpoint_identity(c) == {"base_url": "http://127.0.0.1:8001/v1",
+                                     "served_names": {"base": "tiny-llama", "selected": "selected"}}
+    renamed = EvaluateConfig.from_profile(profile, arms=("base", "selected"), generator="openai",
+                                          arm_models="selected=sel")
+    moved = EvaluateConfig.from_profile(profile, arms=("base", "selected"), generator="openai",
+                                        generator_url="http://127.0.0.1:9000/v1")
+    assert len({str(_endpoint_identity(x)) for x in (c, renamed, moved)}) == 3
+    assert _endpoint_identity(EvaluateConfig.from_profile(profile)) is None
+    with pytest.raises(ConfigError, match="needs the 'chat' template"):
+        EvaluateConfig.from_profile(get_profile("ci", template="plain"), generator="openai")
+
+
+def test_cli_flags_reach_the_evaluate_config_and_in_run_only_stage_07():
     from reflection_lab.cli import build_parser, stage_overrides
 
-    args = build_parser().parse_args(["evaluate", "--run", "r", "--generator", "openai", "--generator-url",
-                                      "http://127.0.0.1:8000/v1", "--arm-models", "base=b,selected=s"])
-    assert stage_overrides(args)["evaluate"] == {"generator": "openai", "generator_url": "http://127.0.0.1:8000/v1",
-                                                 "arm_models": "base=b,selected=s"}
+    flags = ["--generator", "openai", "--generator-url", "http://127.0.0.1:8000/v1",
+             "--arm-models", "base=b,selected=s"]
+    want = {"generator": "openai", "generator_url": "http://127.0.0.1:8000/v1", "arm_models": "base=b,selected=s"}
+    assert stage_overrides(build_parser().parse_args(["evaluate", "--run", "r", *flags]))["evaluate"] == want
+    in_run = stage_overrides(build_parser().parse_args(["run", "--run", "r", *flags]))
+    assert in_run["evaluate"] == want and "infer" not in in_run  # stage 06 keeps its own --generator

@@ -311,3 +311,15 @@ def test_openai_stream_ends_at_the_stop_text_and_keeps_it(monkeypatch):
     assert gen.finish_reason == "stop" and gen.parsed.well_formed and closed and len(sent) == 2
     whole = model.generate("What is 2 + 2?", preset=dataclasses.replace(PRESETS["greedy"], stop=()))
     assert "again" in whole.text and not whole.parsed.well_formed
+
+
+def test_a_scripted_model_ends_at_the_stop_text_like_a_model_would():
+    import dataclasses
+
+    from reflection_lab.llm.sampling import PRESETS
+    from reflection_lab.llm.scripted import ScriptedModel
+
+    script = ScriptedModel("<thinking>\nx\n</thinking>\n<output>\n1\n</output>\n<thinking>\nmore", chunk_chars=5)
+    gen = script.generate("q")
+    assert gen.text.endswith("</output>") and "more" not in gen.text and gen.finish_reason == "stop"
+    assert "more" in script.generate("q", preset=dataclasses.replace(PRESETS["greedy"], stop=())).text
