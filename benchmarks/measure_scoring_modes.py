@@ -105,7 +105,13 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=768, help="as the offline profiles")
     ap.add_argument("--from-run", help="a run directory: its 02_reflect samples and, if it matches, its 03_score")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--settings", default="lab-old-start,lab,reference",
+                    help="comma-separated subset (lab-old-start vs lab is issue 19's start-token change)")
     args = ap.parse_args()
+    args.settings = [x.strip() for x in args.settings.split(",") if x.strip()]
+    bad = sorted(set(args.settings) - {"lab-old-start", "lab", "reference"})
+    if bad:
+        raise SystemExit(f"unknown setting(s) {bad}; choose from lab-old-start, lab, reference")
     if args.threads:
         import torch
 
@@ -126,24 +132,27 @@ def main() -> None:
           f"(reference: 'vicuna'), max_length {args.max_length}, SelectConfig() defaults")
     print(f"start token of s(A), s(Q): old {tok.convert_ids_to_tokens(old_start)!r}, "
           f"now {tok.convert_ids_to_tokens(settings['lab'].start)!r}")
-    scored = {}
-    for name, enc in settings.items():
-        if name == "lab" and reused is not None:
-            scored[name] = reused
-            print(f"  lab: the scores of {args.from_run}/03_score (same student, template and max_length)")
-            continue
-        t0 = time.perf_counter()
-        scored[name] = score_rows(rows, enc, engine)
-        print(f"  scored {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    scored: dict[str, list[dict]] = {}
+    if reused is not None:
+        scored["lab"] = reused
+        print(f"  lab: the scores of {args.from_run}/03_score (same student, template and max_length)")
     print(f"\n{'setting':<28} {'kept':>5} {'decisions changed':>18} {'|dIFD| mean':>12} {'max':>7} "
-          f"{'|dr-IFD| mean':>14} {'max':>7}")
-    for base, other in (("lab-old-start", "lab"), ("lab", "reference")):
-        c = compare(scored[base], scored[other])
-        print(f"{other + ' vs ' + base:<28} {c['kept']:>5} {c['changed']:>11} of {len(rows):<4} "
-              f"{c['ifd_mean']:>12.4f} {c['ifd_max']:>7.3f} {c['rifd_mean']:>14.4f} {c['rifd_max']:>7.3f}")
-        print(f"    changed: {', '.join(c['changed_ids']) or 'none'}")
-    base_kept = sum(d.kept for d in decide(scored["lab-old-start"], SelectConfig()))
-    print(f"(lab-old-start keeps {base_kept})")
+          f"{'|dr-IFD| mean':>14} {'max':>7}", flush=True)
+    pairs = [p for p in (("lab-old-start", "lab"), ("lab", "reference")) if set(p) <= set(args.settings)]
+    printed: set[tuple[str, str]] = set()
+    for name in sorted(args.settings, key=list(settings).index):
+        if name not in scored:
+            t0 = time.perf_counter()
+            scored[name] = score_rows(rows, settings[name], engine)
+            print(f"  scored {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+        for base, other in [p for p in pairs if set(p) <= set(scored) and p not in printed]:
+            printed.add((base, other))
+            c = compare(scored[base], scored[other])  # printed as soon as both sides are scored
+            print(f"{other + ' vs ' + base:<28} {c['kept']:>5} {c['changed']:>11} of {len(rows):<4} "
+                  f"{c['ifd_mean']:>12.4f} {c['ifd_max']:>7.3f} {c['rifd_mean']:>14.4f} {c['rifd_max']:>7.3f}")
+            print(f"    changed: {', '.join(c['changed_ids']) or 'none'}", flush=True)
+    if "lab-old-start" in scored:
+        print(f"(lab-old-start keeps {sum(d.kept for d in decide(scored['lab-old-start'], SelectConfig()))})")
 
 
 if __name__ == "__main__":
