@@ -119,8 +119,9 @@ PROFILES: dict[str, Profile] = {
         name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",
         student="smollm2-135m", n_samples=None, n_eval=None, max_length=768, max_steps=120, batch_size=4,
         learning_rate=3e-4, max_new_tokens=256,
-        time_note=("measured once on a 2-core CPU: scoring 14.5 min (beside tests), 120 QLoRA steps without gradient checkpointing "
-                   "16 min idle (41 min beside other jobs), each arm's answers and losses 2-3 min"),
+        time_note=("measured once on a 2-core CPU: scoring 14.5 min (beside tests), 120 QLoRA steps without "
+                   "gradient checkpointing 16 min idle (41 min beside other jobs), each arm's answers and losses "
+                   "2-3 min"),
         memory_note="fine-tuning peak RSS 6.9 GiB (no gradient checkpointing)",
     ),
     "colab-t4": Profile(
