@@ -128,11 +128,23 @@ def arm_lab(a: argparse.Namespace) -> dict:
             "steps": m["counts"]["steps"], **_peak_memory()}
 
 
+def _load_kwargs(a: argparse.Namespace, info) -> dict:
+    """from_pretrained arguments both non-lab arms share: the device's dtype, 4-bit NF4 as the lab's QLoRA."""
+    from transformers import BitsAndBytesConfig
+
+    kwargs: dict = {"dtype": info.torch_dtype()}
+    if a.quant4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True,
+                                                           bnb_4bit_compute_dtype=info.torch_dtype())
+    return kwargs
+
+
 def arm_baseline(a: argparse.Namespace) -> dict:
     """Plain peft + Trainer, the way a first notebook does it: pad everything to the dataset's longest sample."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments, default_data_collator
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
     from reflection_lab.core.devices import pick_device
     from reflection_lab.finetune.trainer import checkpointing_args
@@ -152,11 +164,8 @@ def arm_baseline(a: argparse.Namespace) -> dict:
              "attention_mask": [1] * e["length"] + [0] * (longest - e["length"]),
              "labels": e["labels"] + [-100] * (longest - e["length"])} for e in examples]
     torch.manual_seed(0)
-    kwargs: dict = {"dtype": info.torch_dtype()}
+    kwargs = _load_kwargs(a, info)
     if a.quant4:
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True,
-                                                           bnb_4bit_compute_dtype=info.torch_dtype())
         if info.device == "cuda":
             kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(resolve_model(a.model), **kwargs)
@@ -193,7 +202,7 @@ def arm_trl(a: argparse.Namespace) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from reflection_lab.core.devices import pick_device
@@ -210,11 +219,7 @@ def arm_trl(a: argparse.Namespace) -> dict:
     data = Dataset.from_list([{"input_ids": e["input_ids"], "completion_mask": [int(x != -100) for x in e["labels"]]}
                               for e in examples])
     torch.manual_seed(0)
-    kwargs: dict = {"dtype": info.torch_dtype()}
-    if a.quant4:
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True,
-                                                           bnb_4bit_compute_dtype=info.torch_dtype())
+    kwargs = _load_kwargs(a, info)
     cuda = info.device == "cuda"
     if cuda:
         kwargs["device_map"] = {"": 0}
