@@ -48,6 +48,9 @@ class Profile:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     tags_as_special_tokens: bool = False
+    # the system message the student is trained (and later asked) with: None keeps the model's own default,
+    # "reflection" the lab's message that names the tags (format.chat.REFLECTION_PROMPT), or literal text
+    train_system_prompt: str | None = None
     gradient_checkpointing: bool = True  # less memory, about a third more compute per step
     report_to: str = "none"  # training logs also to "tensorboard", "trackio" or "wandb" (when installed)
     merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/

@@ -51,7 +51,7 @@ class FinetuneConfig(StageConfig):
     target_modules: str | list[str] = "all-linear"
     tags_as_special_tokens: bool = False
     template: str = "chat"  # the chat template, or the '### Instruction' fallback when a model has none
-    system_prompt: str | None = None
+    system_prompt: str | None = None  # None: the model's default; "reflection", "none" or literal text
     max_length: int = 1024
     overflow: str = "truncate"  # an answer over max_length: "truncate" it or "drop" the sample
     min_samples: int = 4
@@ -74,6 +74,7 @@ class FinetuneConfig(StageConfig):
                     max_steps=profile.max_steps, batch_size=profile.batch_size, grad_accum=profile.grad_accum,
                     learning_rate=profile.learning_rate, lora_r=profile.lora_r, lora_alpha=profile.lora_alpha,
                     lora_dropout=profile.lora_dropout, tags_as_special_tokens=profile.tags_as_special_tokens,
+                    system_prompt=profile.train_system_prompt,
                     gradient_checkpointing=profile.gradient_checkpointing,
                     template=profile.template, max_length=profile.max_length, seed=profile.seed,
                     dtype=profile.dtype, device=profile.device, merge=profile.merge, report_to=profile.report_to)

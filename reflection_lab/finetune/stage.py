@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from ..core.devices import is_out_of_memory, memory_report
 from ..core.runs import Run, read_jsonl, records_failure, write_json_atomic
 from ..core.runtime import in_notebook, process_group
-from ..format.chat import TrainingFormat, add_reflection_tokens, build_format
+from ..format.chat import TrainingFormat, add_reflection_tokens, build_format, system_prompt_text
 from .artifacts import save_result, write_model_card
 from .config import OOM_ADVICE, FinetuneConfig, FinetuneDataError, FinetuneError, FinetuneOOMError
 from .data import EncodeReport, ExampleDataset, PadToLongest, encode_rows, split_train_eval
@@ -111,7 +111,7 @@ def _encode(rows: list[dict], config: FinetuneConfig, select_m: dict
     tok = load_tokenizer(config.student, padding_side="right")
     if config.tags_as_special_tokens:
         add_reflection_tokens(tok)
-    fmt = build_format(tok, config.template, system_prompt=config.system_prompt,
+    fmt = build_format(tok, config.template, system_prompt=system_prompt_text(config.system_prompt),
                        tags_as_special_tokens=config.tags_as_special_tokens)
     train_rows, eval_rows = split_train_eval(rows, config.eval_fraction, config.seed)
     train_ex, report = encode_rows(train_rows, fmt, tok, max_length=config.max_length, overflow=config.overflow)
