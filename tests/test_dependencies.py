@@ -40,3 +40,20 @@ def test_the_openai_floor_has_the_metadata_parameter():
     import inspect
 
     assert "metadata" in inspect.signature(openai.OpenAI(api_key="x").chat.completions.create).parameters
+
+
+def test_the_floor_check_pins_every_declared_package_of_the_lab():
+    """tools/check_floors.py installs each floor exactly; a dependency written without `>=` would escape it."""
+    import importlib.util
+    import tomllib
+
+    spec = importlib.util.spec_from_file_location("check_floors", ROOT / "tools" / "check_floors.py")
+    floors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floors)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lab = list(project["dependencies"]) + [r for e in floors.LAB_EXTRAS for r in project["optional-dependencies"][e]]
+    found = floors.declared_floors()
+    assert {_name(r) for r in lab} == set(found)
+    pins = floors.floor_pins(found)
+    assert "transformers==" + found["transformers"] in pins and not any(p.startswith("torch==") for p in pins)
+    assert floors.tested_torch().startswith("torch==")

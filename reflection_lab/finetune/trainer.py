@@ -48,7 +48,15 @@ def training_args(config: FinetuneConfig, out_dir: Path, info: Any, has_eval: bo
 
 
 def supports_logits_to_keep(model: Any) -> bool:
-    """True when the causal LM's forward takes `logits_to_keep` (transformers 5 models do)."""
+    """True when the causal LM's forward takes a boolean (batch, length) `logits_to_keep` mask.
+
+    Why the import check: transformers releases before `modeling_utils.slice_logits_to_keep` (5.0 among them)
+    take `logits_to_keep` but only as positions, and index with a mask fails; those train on full logits.
+    """
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:
+        return False
     base = model
     while hasattr(base, "get_base_model") and base is not getattr(base, "get_base_model")():
         base = base.get_base_model()
