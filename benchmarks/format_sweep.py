@@ -13,8 +13,9 @@ share with a `<reflection>` block. These lines are what docs/finetune.md records
 
 A setting is a JSON object: "name", any Profile field that shapes the training (max_steps, learning_rate,
 lora_r, lora_alpha, tags_as_special_tokens, ...) and "decodes": a list of {"max_new_tokens": N,
-"repetition_penalty": P, "stop": false} to answer with after that one training (default: the profile's budget,
-greedy, ending at "</output>"; "stop": false generates on to the end-of-turn token or the budget).
+"repetition_penalty": P, "stop": false, "quant4": false} to answer with after that one training (default: the profile's budget,
+greedy, ending at "</output>"; "stop": false generates on to the end-of-turn token or the budget; "quant4": false answers with the adapter over
+the full-precision base, much faster on a CPU).
 """
 
 from __future__ import annotations
@@ -77,10 +78,11 @@ def answer(run: Run, prof: Profile, trained: dict, decode: dict) -> dict:
     stop = ("</output>",) if decode.get("stop", True) else ()
     preset = SamplingPreset(f"greedy-rp{penalty}-stop{len(stop)}", repetition_penalty=penalty, stop=stop)
     t0 = time.perf_counter()
-    inf = run_infer(run, InferConfig.from_profile(prof, preset=preset, max_new_tokens=budget), force=True,
-                    progress=False)
+    quant4 = decode.get("quant4")  # None: as trained (4-bit for QLoRA); false: the adapter over the full base
+    inf = run_infer(run, InferConfig.from_profile(prof, preset=preset, max_new_tokens=budget, quant4=quant4),
+                    force=True, progress=False)
     c, n = inf["counts"], inf["counts"]["prompts"]
-    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop),
+    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop), "quant4": quant4,
             "infer_s": round(time.perf_counter() - t0, 1), "prompts": n,
             "well_formed_share": c["well_formed_share"],
             "stopped_share": round(c["finish_reasons"].get("stop", 0) / n, 4),
