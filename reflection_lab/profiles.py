@@ -51,6 +51,7 @@ class Profile:
     # the system message the student is trained (and later asked) with: None keeps the model's own default,
     # "reflection" the lab's message that names the tags (format.chat.REFLECTION_PROMPT), or literal text
     train_system_prompt: str | None = None
+    tag_loss_weight: float = 1.0  # the loss on Reflection-tag tokens and the end marker times this (1: plain)
     gradient_checkpointing: bool = True  # less memory, about a third more compute per step
     report_to: str = "none"  # training logs also to "tensorboard", "trackio" or "wandb" (when installed)
     merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/
@@ -84,6 +85,8 @@ class Profile:
                 raise bad(name, "must be at least 1 (or null for all)")
         if self.learning_rate <= 0:
             raise bad("learning_rate", "must be above 0")
+        if not self.tag_loss_weight > 0:
+            raise bad("tag_loss_weight", "must be above 0")
         if not 0 <= self.lora_dropout < 1:
             raise bad("lora_dropout", "must be in [0, 1)")
         if self.dtype not in DTYPES:

@@ -51,6 +51,9 @@ class FinetuneConfig(StageConfig):
     target_modules: str | list[str] = "all-linear"
     tags_as_special_tokens: bool = False
     template: str = "chat"  # the chat template, or the '### Instruction' fallback when a model has none
+    # the loss of each Reflection-tag token and of the end-of-turn marker times this (1: the plain loss);
+    # the evaluation loss is weighted the same way
+    tag_loss_weight: float = 1.0
     system_prompt: str | None = None  # None: the model's default; "reflection", "none" or literal text
     max_length: int = 1024
     overflow: str = "truncate"  # an answer over max_length: "truncate" it or "drop" the sample
@@ -74,7 +77,7 @@ class FinetuneConfig(StageConfig):
                     max_steps=profile.max_steps, batch_size=profile.batch_size, grad_accum=profile.grad_accum,
                     learning_rate=profile.learning_rate, lora_r=profile.lora_r, lora_alpha=profile.lora_alpha,
                     lora_dropout=profile.lora_dropout, tags_as_special_tokens=profile.tags_as_special_tokens,
-                    system_prompt=profile.train_system_prompt,
+                    system_prompt=profile.train_system_prompt, tag_loss_weight=profile.tag_loss_weight,
                     gradient_checkpointing=profile.gradient_checkpointing,
                     template=profile.template, max_length=profile.max_length, seed=profile.seed,
                     dtype=profile.dtype, device=profile.device, merge=profile.merge, report_to=profile.report_to)
@@ -85,6 +88,8 @@ class FinetuneConfig(StageConfig):
         for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"FinetuneConfig.{name} must be at least 1, not {getattr(self, name)}")
+        if not self.tag_loss_weight > 0:
+            raise ConfigError(f"FinetuneConfig.tag_loss_weight must be above 0, not {self.tag_loss_weight}")
         if self.report_to not in REPORTERS:
             raise ConfigError(f"FinetuneConfig.report_to must be one of {REPORTERS}, not {self.report_to!r}")
         if self.overflow not in ("truncate", "drop"):

@@ -10,11 +10,13 @@ on SmolLM2 the pad token *is* the end-of-turn token that we want trained.
 from __future__ import annotations
 
 import math
+import re
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 from ..format.chat import TrainingFormat
+from ..format.tags import REFLECTION_TAGS
 
 # --- examples ----------------------------------------------------------------------------------------
 
@@ -46,13 +48,32 @@ class EncodeReport:
         return "; ".join(parts)
 
 
+def tag_token_mask(tokenizer: Any, answer: str) -> tuple[list[int], list[bool]]:
+    """(answer ids, True where a token overlaps a Reflection tag): the tokens that carry the format.
+
+    Needs a fast tokenizer (character offsets); every model the lab loads has one.
+    """
+    enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+    spans = [(m.start(), m.end()) for tag in REFLECTION_TAGS for m in re.finditer(re.escape(tag), answer)]
+    in_tag = [any(a < end and start < b for start, end in spans) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), in_tag
+
+
 def encode_example(fmt: TrainingFormat, tokenizer: Any, instruction: str, input: str, answer: str,
-                   max_length: int, overflow: str = "truncate") -> tuple[dict | None, str | None, bool]:
-    """(example, drop reason, truncated). Labels cover exactly the answer ids plus the end marker."""
+                   max_length: int, overflow: str = "truncate",
+                   tag_weight: float = 1.0) -> tuple[dict | None, str | None, bool]:
+    """(example, drop reason, truncated). Labels cover exactly the answer ids plus the end marker.
+
+    tag_weight != 1 adds `weights`: the loss of each tag token and of the end marker is multiplied by it
+    (1 for the other answer tokens), so a short run spends more of its gradient on the structure.
+    """
     if not answer.strip():
         return None, "empty answer", False
     prompt = fmt.prompt_ids(tokenizer, instruction, input)
-    answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if tag_weight != 1.0:
+        answer_ids, in_tag = tag_token_mask(tokenizer, answer)
+    else:
+        answer_ids, in_tag = list(tokenizer(answer, add_special_tokens=False)["input_ids"]), []
     target = answer_ids + fmt.end_ids
     room = max_length - len(prompt)
     truncated = False
@@ -65,11 +86,15 @@ def encode_example(fmt: TrainingFormat, tokenizer: Any, instruction: str, input:
         target = answer_ids[:room]
         truncated = True
     ids = prompt + target
-    return {"input_ids": ids, "labels": [-100] * len(prompt) + target, "length": len(ids)}, None, truncated
+    example = {"input_ids": ids, "labels": [-100] * len(prompt) + target, "length": len(ids)}
+    if tag_weight != 1.0:
+        marks = (in_tag + [True] * len(fmt.end_ids))[:len(target)]
+        example["weights"] = [0.0] * len(prompt) + [tag_weight if m else 1.0 for m in marks]
+    return example, None, truncated
 
 
 def encode_rows(rows: Sequence[dict], fmt: TrainingFormat, tokenizer: Any, *, max_length: int,
-                overflow: str = "truncate") -> tuple[list[dict], EncodeReport]:
+                overflow: str = "truncate", tag_weight: float = 1.0) -> tuple[list[dict], EncodeReport]:
     """Encode selected rows ({id, instruction, input, output}) into training examples, with a report."""
     if overflow not in ("truncate", "drop"):
         raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
@@ -78,7 +103,7 @@ def encode_rows(rows: Sequence[dict], fmt: TrainingFormat, tokenizer: Any, *, ma
     for row in rows:
         sid = str(row.get("id", len(out)))
         ex, reason, truncated = encode_example(fmt, tokenizer, row.get("instruction", ""), row.get("input", "") or "",
-                                               row.get("output", "") or "", max_length, overflow)
+                                               row.get("output", "") or "", max_length, overflow, tag_weight)
         if ex is None:
             report.drop(reason or "unknown", sid)
             continue
@@ -136,6 +161,11 @@ class PadToLongest:
             labels[r, :n] = torch.tensor(f["labels"], dtype=torch.long)
             mask[r, :n] = 1
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if "weights" in features[0]:
+            weights = torch.zeros((len(features), longest), dtype=torch.float32)
+            for r, f in enumerate(features):
+                weights[r, :len(f["weights"])] = torch.tensor(f["weights"], dtype=torch.float32)
+            batch["loss_weights"] = weights
         if self.keep_logits:
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100

@@ -64,21 +64,29 @@ def supports_logits_to_keep(model: Any) -> bool:
 
 
 def answer_only_loss(model: Any, inputs: dict) -> tuple[Any, int, Any]:
-    """(summed cross-entropy, number of trained tokens, outputs) with logits only where a trained token is next.
+    """(summed cross-entropy, number of trained tokens, outputs), computed on the trained positions only.
 
-    `inputs` holds input_ids, attention_mask, labels (unshifted, -100 where untrained) and the boolean
-    `logits_to_keep` mask from `PadToLongest(keep_logits=True)`. The result equals the model's own
-    loss on full logits (tests check it) without materialising batch x length x vocabulary logits.
+    `inputs` holds input_ids, attention_mask, labels (unshifted, -100 where untrained), maybe the boolean
+    `logits_to_keep` mask from `PadToLongest(keep_logits=True)` (then the model projects only those
+    positions onto the vocabulary; the result equals its own loss on full logits, tests check it) and
+    maybe `loss_weights` (tag_loss_weight), which scale each trained token's loss.
     """
     import torch.nn.functional as F
 
     inputs = dict(inputs)
     labels = inputs.pop("labels")
-    keep = inputs["logits_to_keep"]
+    weights = inputs.pop("loss_weights", None)
     outputs = model(**inputs)
-    target = labels[:, 1:][keep[:, :-1]]  # row-major, the order in which the kept logits come back
-    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
-    return F.cross_entropy(logits.float(), target, reduction="sum"), int(target.numel()), outputs
+    trained = labels[:, 1:] != -100
+    target = labels[:, 1:][trained]  # row-major, the order in which kept logits come back
+    if "logits_to_keep" in inputs:
+        logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+    else:
+        logits = outputs.logits[:, :-1][trained]
+    losses = F.cross_entropy(logits.float(), target, reduction="none")
+    if weights is not None:
+        losses = losses * weights[:, 1:][trained].to(losses.dtype)
+    return losses.sum(), int(target.numel()), outputs
 
 
 def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleDataset | None, collator: Any,
@@ -95,7 +103,7 @@ def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleD
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            if "logits_to_keep" not in inputs:
+            if "logits_to_keep" not in inputs and "loss_weights" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             total, n, outputs = answer_only_loss(model, inputs)
             # the same normalisation as Trainer.compute_loss with a model that takes num_items_in_batch

@@ -152,3 +152,43 @@ def test_split_is_seeded_and_skips_tiny_sets():
     tr, ev = split_train_eval(rows, 0.1, seed=0)
     assert len(ev) == 3 and len(tr) == 27 and split_train_eval(rows, 0.1, seed=0) == (tr, ev)
     assert split_train_eval(rows[:5], 0.1, seed=0) == (rows[:5], [])
+
+
+def test_tag_weight_marks_exactly_the_tag_tokens_and_the_end_marker(tok):
+    fmt = build_format(tok, "chat")
+    plain, _, _ = encode_example(fmt, tok, "What is 3 + 4?", "", ANSWER, max_length=512)
+    ex, _, _ = encode_example(fmt, tok, "What is 3 + 4?", "", ANSWER, max_length=512, tag_weight=5.0)
+    assert "weights" not in plain and ex["input_ids"] == plain["input_ids"] and ex["labels"] == plain["labels"]
+    assert len(ex["weights"]) == len(ex["input_ids"])
+    heavy = "".join(tok.decode([i]) for i, w in zip(ex["input_ids"], ex["weights"]) if w == 5.0)
+    light = "".join(tok.decode([i]) for i, w, lab in zip(ex["input_ids"], ex["weights"], ex["labels"])
+                    if w == 1.0 and lab != -100)
+    # every tag and the end marker are heavy; the words between them are not
+    assert heavy.replace("\n", "") == "".join(["<thinking>", "<reflection>", "</reflection>", "</thinking>", "<output>",
+                                               "</output>", "<|end|>"])
+    assert "Add 3 and 4" in light and "<" not in light
+    assert all(w == 0.0 for w, lab in zip(ex["weights"], ex["labels"]) if lab == -100)
+    batch = PadToLongest(tok.pad_token_id)([ex, plain | {"weights": [1.0] * len(plain["input_ids"])}])
+    assert batch["loss_weights"].shape == batch["labels"].shape
+
+
+@pytest.mark.parametrize("keep_logits", [True, False])
+def test_unit_weights_give_the_plain_loss_and_tag_weights_raise_the_tag_share(tok, tiny_llama_path, keep_logits):
+    import torch
+
+    from reflection_lab.finetune.trainer import answer_only_loss
+    from reflection_lab.models import load_model
+
+    fmt = build_format(tok, "chat")
+    rows = [{"id": "a", "instruction": "What is 3 + 4?", "output": ANSWER}]
+    (plain,), _ = encode_rows(rows, fmt, tok, max_length=512)
+    (heavy,), _ = encode_rows(rows, fmt, tok, max_length=512, tag_weight=3.0)
+    unit = plain | {"weights": [1.0] * len(plain["input_ids"])}
+    model = load_model(tiny_llama_path)
+    with torch.no_grad():
+        losses = [answer_only_loss(model, PadToLongest(tok.pad_token_id, keep_logits=keep_logits)([ex]))
+                  for ex in (plain, unit, heavy)]
+        full = model(**{k: v for k, v in PadToLongest(tok.pad_token_id)([plain]).items()})
+    (p, n, _), (u, _, _), (h, _, _) = losses
+    assert (p / n).item() == pytest.approx(full.loss.item(), abs=1e-5) and u.item() == pytest.approx(p.item(), rel=1e-6)
+    assert p.item() < h.item() < 3.0 * p.item()
