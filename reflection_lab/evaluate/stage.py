@@ -40,7 +40,7 @@ from typing import Any, Sequence
 from ..core.config import ConfigError, StageConfig
 from ..core.runs import Run, read_jsonl, records_failure, stable_hash, write_json_atomic, write_jsonl_atomic
 from ..finetune.config import FinetuneConfig
-from ..data import check_unique_ids
+from ..data import check_unique_ids, is_local_source, parse_hub_spec
 from ..format.chat import SystemPrompt, system_prompt_text
 from ..inference.stage import generate_journalled
 from ..llm.sampling import get_preset
@@ -92,6 +92,8 @@ class EvaluateConfig(StageConfig):
 
     def validate(self) -> None:
         check_arms(self.arms)
+        if self.eval_data is not None and not is_local_source(self.eval_data):
+            parse_hub_spec(self.eval_data)  # a malformed hub spec fails here, before any arm is trained
         self.pairs()
         if self.generator not in GENERATORS:
             raise ConfigError(f"EvaluateConfig.generator must be one of {GENERATORS}, not {self.generator!r}")

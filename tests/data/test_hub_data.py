@@ -196,6 +196,10 @@ def test_a_malformed_spec_fails_before_the_stage_starts(tmp_path, capsys):
     assert Run(run).manifest("data") is None
     with pytest.raises(DatasetSpecError):
         DataConfig(eval="a/b/c")
+    from reflection_lab.evaluate import EvaluateConfig
+
+    with pytest.raises(DatasetSpecError, match="someone/things@"):  # stage 07's own data set, before any arm trains
+        EvaluateConfig(eval_data="someone/things@")
 
 
 def test_offline_without_a_cache_the_error_is_one_line(tmp_path, monkeypatch, capsys):
