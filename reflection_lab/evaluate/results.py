@@ -50,7 +50,7 @@ def build_metrics(rows_by_arm: dict[str, list[dict]], arm_info: dict[str, dict],
              "generator": config["generation"].get("generator", "local"),
              "base_system_prompt": config["generation"]["base_system_prompt"], "judge": config.get("judge")}
     per_arm = {a: {k: i.get(k) for k in ("train_seconds", "generate_seconds", "loss_seconds", "reused_training",
-                                         "reused_generations")} for a, i in arm_info.items()}
+                                         "reused_generations", "answers_from")} for a, i in arm_info.items()}
     work = sum(float(t.get(k) or 0.0) for t in per_arm.values()
                for k in ("train_seconds", "generate_seconds", "loss_seconds"))
     timing = {"wall_seconds": round(wall_seconds, 1), "arm_work_seconds": round(work, 1), "arms": per_arm,

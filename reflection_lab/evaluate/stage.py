@@ -42,6 +42,7 @@ from ..core.runs import Run, read_jsonl, records_failure, stable_hash, write_jso
 from ..finetune.config import FinetuneConfig
 from ..data import check_unique_ids, is_local_source, parse_hub_spec
 from ..format.chat import SystemPrompt, system_prompt_text
+from ..format.templates import user_text
 from ..inference.stage import generate_journalled
 from ..llm.sampling import get_preset
 from .answers import arm_losses, arm_rows, prompt_sha
@@ -320,13 +321,16 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], c: EvaluateConfig, base_
         meta = json.loads(meta_path.read_text())
         if meta.get("arm_key") == arm_key and meta.get("prompt_shas") == shas:
             return {**info, **meta["info"], "status": "done", "reused_generations": True}, read_jsonl(out_path)
+    reused = None if endpoint is not None or arm == "base" else answers_of_stage06(run, rows, identity, c)
     if progress:
-        print(f"[evaluate] arm {arm}: generating {len(rows)} answers", flush=True)
+        print(f"[evaluate] arm {arm}: " + ("the answers of 06_infer (same adapter and decoding)" if reused else
+                                           f"generating {len(rows)} answers"), flush=True)
     lm = None if endpoint is not None else _arm_model(source, c, base_system)
     t1 = time.perf_counter()
-    gens, _ = generate_journalled(endpoint or lm, rows, gen_dir / f"{arm}.journal.jsonl", identity=arm_key,
-                                  preset="greedy", max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
-                                  progress=progress, desc=f"{arm} generations")
+    gens = reused or generate_journalled(endpoint or lm, rows, gen_dir / f"{arm}.journal.jsonl", identity=arm_key,
+                                         preset="greedy", max_new_tokens=c.max_new_tokens, batch_size=c.batch_size,
+                                         progress=progress, desc=f"{arm} generations")[0]
+    info["answers_from"] = "06_infer" if reused else "generated"
     t2 = time.perf_counter()
     if lm is None:  # answered by the endpoint; the losses need the logits, so the arm is loaded here after all
         lm = _arm_model(source, c, base_system)
@@ -338,9 +342,37 @@ def _evaluate_arm(run: Run, arm: str, rows: list[dict], c: EvaluateConfig, base_
     gc.collect()
     done = arm_rows(arm, rows, gens, losses)
     write_jsonl_atomic(out_path, done)
-    keep = {k: info[k] for k in ("generate_seconds", "loss_seconds", "model", "arm_seconds")}
+    keep = {k: info[k] for k in ("generate_seconds", "loss_seconds", "model", "arm_seconds", "answers_from")}
     write_json_atomic(meta_path, {"arm_key": arm_key, "prompt_shas": shas, "info": keep})
     return {**info, "status": "done", "reused_generations": False}, done
+
+
+def answers_of_stage06(run: Run, rows: list[dict], identity: dict, c: EvaluateConfig) -> list[dict] | None:
+    """Stage 06's answers to these prompts when stage 06 generated exactly what this arm would, else None.
+
+    Why: on the offline profile stage 06 already answered the same held-out prompts with the same adapter,
+    greedy, with the same budget and system message, so generating them again would only cost time. Every
+    condition is checked: the adapter's fingerprint, the decoding, the budget, the system message, a base loaded
+    as trained, local generation, and each prompt's id and text.
+    """
+    m = run.manifest("infer") or {}
+    cfg = m.get("config") or {}
+    same = (m.get("status") == "complete" and cfg.get("use_adapter") is True
+            and cfg.get("adapter") == identity.get("finetune") and cfg.get("adapter") is not None
+            and cfg.get("preset") == identity.get("preset") and cfg.get("max_new_tokens") == c.max_new_tokens
+            and cfg.get("system_prompt") == "trained" and cfg.get("quant4") is None
+            and cfg.get("dtype") == c.finetune.dtype and cfg.get("model") == c.finetune.student
+            and identity.get("generator") == "local")
+    if not same or not run.path("infer", "generations.jsonl").exists():
+        return None
+    by_id = {str(g["id"]): g for g in read_jsonl(run.path("infer", "generations.jsonl"))}
+    out = []
+    for r in rows:
+        g = by_id.get(str(r["id"]))
+        if g is None or g.get("error") or g.get("prompt") != user_text(r.get("instruction", ""), r.get("input") or ""):
+            return None
+        out.append(g)
+    return out
 
 
 def _run_judge(judge: Any, pairs: Sequence[tuple], rows_by_arm: dict[str, list[dict]], stage: Path,

@@ -158,6 +158,25 @@ def test_selected_arm_reuses_the_runs_own_finetune(parent, tmp_path):
     assert info["train_seconds"] == run.manifest("finetune")["counts"]["train_seconds"]
 
 
+def test_selected_arm_takes_stage_06_answers_only_when_they_are_what_it_would_generate(parent, tmp_path):
+    from reflection_lab.finetune import FinetuneConfig, run_finetune
+    from reflection_lab.inference import InferConfig, load_generations as infer_generations, run_infer
+
+    run = _copy(parent, tmp_path / "r")
+    run_finetune(run, FinetuneConfig.from_profile(PROFILE), progress=False)
+    run_infer(run, InferConfig.from_profile(PROFILE), progress=False)
+    cfg = EvaluateConfig.from_profile(PROFILE, arms=("selected",))
+    run_evaluate(run, cfg, progress=False)
+    assert load_metrics(run)["timing"]["arms"]["selected"]["answers_from"] == "06_infer"
+    from_06 = [g["text"] for g in load_generations(run, "selected")]
+    assert from_06 == [g["text"] for g in infer_generations(run)]
+    # another budget in stage 06: the arm generates its own answers, and they are the same texts
+    run_infer(run, InferConfig.from_profile(PROFILE, max_new_tokens=PROFILE.max_new_tokens + 1), progress=False)
+    run_evaluate(run, cfg, force=True, progress=False)
+    assert load_metrics(run)["timing"]["arms"]["selected"]["answers_from"] == "generated"
+    assert [g["text"] for g in load_generations(run, "selected")] == from_06
+
+
 def test_any_eval_dataset_a_user_points_at(parent, tmp_path):
     data = tmp_path / "my_eval.jsonl"
     rows = [{"id": "a", "prompt": "What is 6 times 7?", "answer": "6 x 7 = 42", "answer_type": "numeric",
