@@ -117,7 +117,7 @@ PROFILES: dict[str, Profile] = {
         name="offline", description="SmolLM2-135M-Instruct from PyPI on the CPU, replay teacher, a workshop subset.",
         student="smollm2-135m", n_samples=16, n_eval=8, max_length=768, max_steps=24, batch_size=4,
         learning_rate=1e-3, max_new_tokens=160, eval_arms="base,selected",
-        time_note="8.2 min for the whole pipeline on an idle 2-core CPU (measured 2026-12-07, 5.2 min earlier; "
+        time_note="8.4 min for the whole pipeline on an idle 2-core CPU (measured 2026-12-07; 5.2 min earlier; "
                   "the first run adds 23 s to fetch and convert SmolLM2)",
         memory_note="3.6 GiB peak RAM for the whole pipeline (measured, lab.py demo)",
     ),
