@@ -10,8 +10,8 @@ on SmolLM2 the pad token *is* the end-of-turn token that we want trained.
 from __future__ import annotations
 
 import math
-import re
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
