@@ -102,8 +102,17 @@ def test_tags_become_single_special_tokens_and_decoding_keeps_them(tiny_llama_pa
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
     n_before = model.get_input_embeddings().weight.shape[0]
     assert not tags_are_single_tokens(tok)
+    spelled = tok("</reflection>", add_special_tokens=False)["input_ids"]
+    old_rows = model.get_input_embeddings().weight[spelled].detach().clone()
     ids = add_reflection_tokens(tok, model)
     assert tags_are_single_tokens(tok) and len(set(ids)) == 6
+    # each new row starts at the mean of the rows the tag was spelled with (in and out, tied or not)
+    import torch
+
+    row = ids[3]  # </reflection>
+    assert torch.allclose(model.get_input_embeddings().weight[row], old_rows.mean(dim=0))
+    assert torch.allclose(model.get_output_embeddings().weight[row], model.get_input_embeddings().weight[row]) or \
+        not model.config.tie_word_embeddings
     assert model.get_input_embeddings().weight.shape[0] == len(tok) == n_before + 6
     assert model.get_output_embeddings().weight.shape[0] == len(tok)
     fmt = build_format(tok, "chat", tags_as_special_tokens=True)
