@@ -34,7 +34,7 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 # Small sizes for CI. keep_unreflected_answers: with only 8 samples the paper's rule can keep fewer than the
 # 4 pairs fine-tuning needs (it kept 2 of 8 with SmolLM2 here), so CI also keeps pairs with original answers.
 # batch_size 2: fine-tuning SmolLM2 dominates the CPU time (about 100 s per step of 4 samples here).
-CI_OVERRIDES = {"n_samples": 8, "n_eval": 4, "max_steps": 6, "batch_size": 2, "max_new_tokens": 96,
+CI_OVERRIDES = {"n_samples": 8, "n_eval": 4, "max_steps": 6, "batch_size": 2, "max_new_tokens": 64,
                 "keep_unreflected_answers": True}
 PARAM_NAMES = ("PROFILE", "USE_DRIVE", "RUN_DIR", "OVERRIDES")
 

@@ -69,7 +69,7 @@ def test_live_viewer_on_the_student_generates_on_click(inference_page: Any) -> N
     """The notebook's fine-tuned-student viewer: a new prompt and max tokens 12, then Generate.
 
     Proof that the click reached Python: the finished status counts at most 12 tokens (the notebook's own
-    generation used max_new_tokens=96) and differs from before. Which tag panes the notebook's own 96-token
+    generation used max_new_tokens=64) and differs from before. Which tag panes the notebook's own 64-token
     run filled is printed and screenshotted, not asserted: a 135M student after six steps rarely writes tags.
     """
     viewer = inference_page.locator(".rl-reflection-viewer").first
