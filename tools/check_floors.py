@@ -16,6 +16,7 @@ Measured on a 2-core machine: a few minutes to install, 5 min for the quick test
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def main() -> int:
     cmd = [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow and not notebooks and not browser",
            *QUICK_TESTS, *(f"--deselect={d}" for d in DESELECT)]
     print("floors:", " ".join(pins), flush=True)
-    return subprocess.call(cmd, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.call(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 if __name__ == "__main__":
