@@ -23,6 +23,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("REFLECTION_LAB_CACHE", str(ROOT / ".cache" / "reflection-lab"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the in-order notebook test before the browser tests, which reuse its run (tests/notebook_run.py)."""
+    first_browser = next((i for i, item in enumerate(items) if item.nodeid.startswith("tests/browser/")), None)
+    notebooks = next((i for i, item in enumerate(items) if item.name == "test_notebooks_execute_in_order"), None)
+    if first_browser is not None and notebooks is not None and notebooks > first_browser:
+        items.insert(first_browser, items.pop(notebooks))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_path() -> str:
     from reflection_lab.models import resolve_model

@@ -122,6 +122,7 @@ def test_a_failed_teacher_stage_stops_the_pipeline_and_a_rerun_asks_only_the_fai
                                                                                               capsys):
     run = tmp_path / "run"
     monkeypatch.setenv("REFLECTION_LAB_TEACHER_BASE_URL", f"http://127.0.0.1:{_closed_port()}/v1")
+    monkeypatch.setenv("REFLECTION_LAB_TEACHER_MAX_RETRIES", "1")  # 6 retries back off for about a minute
     code = cli.main(["run", "--profile", "ci", "--run", str(run), "--set", "teacher=openai:m", "--stages",
                      "data,reflect,score"])
     assert code == 2 and Run(run).status()["reflect"] == "failed" and Run(run).status()["score"] == "not run"

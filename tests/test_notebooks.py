@@ -18,6 +18,7 @@ The committed notebooks are never written: each is read, executed in memory, and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from notebook_run import record_notebook_run
 from reflection_lab.core.runs import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +127,7 @@ def _overrides() -> dict:
 
 
 @pytest.mark.notebooks
-def test_notebooks_execute_in_order(tmp_path, monkeypatch):
+def test_notebooks_execute_in_order(tmp_path, monkeypatch, request):
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -181,3 +183,28 @@ def test_notebooks_execute_in_order(tmp_path, monkeypatch):
         if any(p.name == info.notebook for p in chosen):
             manifest = json.loads((run_dir / info.folder / "manifest.json").read_text())
             assert manifest["status"] == "complete", f"{info.notebook} ran but stage {stage!r} is {manifest['status']}"
+    if any(p.name == STAGES["evaluate"].notebook for p in chosen):
+        _check_evaluation(run_dir)
+    record_notebook_run(request.config, run_dir, profile, overrides)  # the browser tests copy stages 01-05
+
+
+def _check_evaluation(run_dir: Path) -> None:
+    """Notebook 07 evaluated all five arms with real generations and finite reference losses.
+
+    Why here: with the offline profile this is the suite's only evaluation with SmolLM2 (4-bit QLoRA arms,
+    real answers); the tiny students cover every arm and option in tests/evaluate/.
+    """
+    from reflection_lab.core.runs import Run
+    from reflection_lab.evaluate import ARMS, load_generations, load_metrics
+
+    run = Run(run_dir)
+    assert run.manifest("evaluate")["counts"]["arms_done"] == len(ARMS)
+    metrics = load_metrics(run)
+    for arm, entry in metrics["arms"].items():
+        loss = entry["metrics"]["ref_loss"]
+        assert loss["n"] > 0 and math.isfinite(loss["mean"]) and loss["mean"] > 0, (arm, loss)
+        for name in ("format", "exact_match"):
+            assert entry["metrics"][name]["mean"] is None or 0 <= entry["metrics"][name]["mean"] <= 1, (arm, name)
+    assert metrics["differences"]["vs_random"], "selected - random needs both arms"
+    assert all(r["text"] for r in load_generations(run, "base")), "the base student answered nothing to a prompt"
+    assert (run_dir / "07_evaluate" / "report.html").exists()

@@ -23,8 +23,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from .browser_lab import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, LabServer, lab_env, notebook_test_overrides,
-                         open_notebook, prepare_run, run_all_cells, screenshot, start_lab)
+from notebook_run import copy_notebook_stages
+
+from .browser_lab import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, STAGES, LabServer, lab_env,
+                          notebook_test_overrides, open_notebook, prepare_run, run_all_cells, screenshot, start_lab)
 
 
 def _required() -> bool:
@@ -65,10 +67,18 @@ def overrides() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="package")
-def prepared_run(artifacts: Path, overrides: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory made by the CLI up to finetune, with the notebook tests' profile and overrides."""
+def prepared_run(artifacts: Path, overrides: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> Path:
+    """A run directory up to finetune with the notebook tests' profile and overrides.
+
+    Stages 01-05 of the in-order notebook test's run when it finished earlier in this session (the same
+    settings, so the same results); otherwise made here by the CLI.
+    """
     env_dir = os.environ.get("LAB_BROWSER_RUN")
     run_dir = Path(env_dir).resolve() if env_dir else tmp_path_factory.mktemp("browser-run") / "run"
+    if not env_dir and copy_notebook_stages(request.config, run_dir, "offline", overrides, STAGES.split(",")):
+        print(f"\n[browser] stages {STAGES} copied from the notebook test's run: {run_dir}", flush=True)
+        return run_dir
     wall, cpu = prepare_run(run_dir, overrides, artifacts / "prepare-run.log",
                             float(os.environ.get("LAB_BROWSER_PREPARE_TIMEOUT", "1800")))
     print(f"\n[browser] run prepared in {wall:.1f} s ({cpu:.1f} CPU s): {run_dir}", flush=True)
