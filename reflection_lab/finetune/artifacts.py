@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ def save_result(model: Any, tokenizer: Any, fmt: TrainingFormat, config: Finetun
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:
     """Fold the LoRA weights into a full-precision copy of the base and save it in `dtype` (fp16 by default).
 
-    The base is reloaded unquantised: merging into 4-bit weights would round the update away.
+    The base is held in full precision (merging into 4-bit weights would round the update away); for a QLoRA
+    adapter that is the dequantized 4-bit base it was trained on, so the merged model answers as the trained one.
     """
     import torch
 
@@ -182,7 +184,8 @@ def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtyp
                    device: str | None = None, merge: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) of a finished stage 05, ready for generation (eval mode, left padding).
 
-    quant4=None loads the base the way it was trained (4-bit for QLoRA). The end-of-turn marker
+    quant4=None loads the base the way it was trained (4-bit for QLoRA); quant4=False over a QLoRA adapter
+    gives the same weights dequantized (same answers, faster matmuls on a CPU). The end-of-turn marker
     the model learned is added to the generation config's EOS ids, so generation stops there.
     """
     from ..core.devices import pick_device
@@ -200,7 +203,7 @@ def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtyp
     else:
         from peft import PeftModel
 
-        base = load_model(meta["base_model"], quant4=q4, info=info)
+        base = _base_for_adapter(meta, q4, info)
         if base.get_input_embeddings().weight.shape[0] < len(tok):
             base.resize_token_embeddings(len(tok), mean_resizing=False)  # rows come from the adapter
         model = PeftModel.from_pretrained(base, str(folder))
@@ -218,6 +221,25 @@ def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtyp
     if gen.pad_token_id is None:
         gen.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def _base_for_adapter(meta: dict, quant4: bool, info: Any) -> Any:
+    """The base an adapter goes over: 4-bit, or in full precision the weights it was trained on.
+
+    A QLoRA adapter asked for in full precision (quant4=False: faster on a CPU, or to merge) gets the
+    dequantized 4-bit base, not the original weights (see `load_dequantized`); without bitsandbytes the
+    original weights are the only choice, with a warning that the answers will differ.
+    """
+    from ..models import load_dequantized, load_model
+
+    if quant4 or not meta.get("quant4"):
+        return load_model(meta["base_model"], quant4=quant4, info=info)
+    if info.bnb_4bit_ok:
+        return load_dequantized(meta["base_model"], info=info)
+    warnings.warn(f"This adapter was trained on the 4-bit {meta['base_model']} and bitsandbytes is missing on "
+                  f"{info.device}: it runs over the unquantized weights, so its answers differ from the trained "
+                  "model's. Install bitsandbytes to get the trained base.", stacklevel=3)
+    return load_model(meta["base_model"], quant4=False, info=info)
 
 
 def training_format(source: Run | str | Path) -> TrainingFormat:

@@ -47,6 +47,28 @@ def test_merged_export_is_fp16_with_a_card_and_matches_the_adapter(trained, tmp_
         assert (peft_model(input_ids=x).logits - merged.float()(input_ids=x).logits).abs().max().item() < 5e-2
 
 
+def test_a_qlora_adapter_in_full_precision_answers_as_the_4bit_model_it_was_trained_on(trained):
+    import torch
+    from peft import PeftModel
+
+    from reflection_lab.finetune import load_finetuned
+    from reflection_lab.finetune.artifacts import adapter_dir
+    from reflection_lab.finetune.model import keep_4bit_weights_trainable
+    from reflection_lab.models import load_model
+
+    x = torch.randint(10, 600, (1, 12))
+    as_trained, _ = load_finetuned(trained)  # QLoRA: over the 4-bit base
+    keep_4bit_weights_trainable(as_trained)  # fp32 4-bit kernels, as in training (not the CPU's bf16 ones)
+    full, _ = load_finetuned(trained, quant4=False)
+    assert not any(type(m).__name__ == "Linear4bit" for m in full.modules())
+    original = PeftModel.from_pretrained(load_model("tiny-llama"), str(adapter_dir(trained))).eval()
+    with torch.no_grad():
+        want = as_trained(input_ids=x).logits
+        assert (full(input_ids=x).logits - want).abs().max().item() < 1e-4
+        # what the lab did before: the adapter over the original weights, a different model
+        assert (original(input_ids=x).logits - want).abs().max().item() > 1e-2
+
+
 def test_push_without_a_token_is_one_line_before_any_work(trained, monkeypatch, capsys):
     import huggingface_hub
 
