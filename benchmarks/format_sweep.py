@@ -15,8 +15,8 @@ A setting is a JSON object: "name", any Profile field that shapes the training (
 lora_r, lora_alpha, tags_as_special_tokens, train_system_prompt, tag_loss_weight, ...) and "decodes": a list of
 {"max_new_tokens": N, "repetition_penalty": P, "stop": false, "quant4": false} to answer with after that one
 training (default: the profile's budget, greedy, ending at "</output>"; "stop": false generates on to the
-end-of-turn token or the budget; "quant4": false answers with the adapter over the full-precision base, 1.7x
-faster than over the 4-bit base on a 2-core CPU, see docs/finetune.md).
+end-of-turn token or the budget; "quant4": false answers with the adapter over the 4-bit base dequantized, the
+same weights in full precision, 1.7x faster than the 4-bit kernels on a 2-core CPU, see docs/finetune.md).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def answer(run: Run, prof: Profile, trained: dict, decode: dict) -> dict:
     stop = ("</output>",) if decode.get("stop", True) else ()
     preset = SamplingPreset(f"greedy-rp{penalty}-stop{len(stop)}", repetition_penalty=penalty, stop=stop)
     t0 = time.perf_counter()
-    quant4 = decode.get("quant4")  # None: as trained (4-bit for QLoRA); false: the adapter over the full base
+    quant4 = decode.get("quant4")  # None: as trained (4-bit for QLoRA); false: over that base dequantized
     inf = run_infer(run, InferConfig.from_profile(prof, preset=preset, max_new_tokens=budget, quant4=quant4),
                     force=True, progress=False)
     c, n = inf["counts"], inf["counts"]["prompts"]

@@ -184,20 +184,21 @@ def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtyp
                    device: str | None = None, merge: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) of a finished stage 05, ready for generation (eval mode, left padding).
 
-    quant4=None loads the base the way it was trained (4-bit for QLoRA); quant4=False over a QLoRA adapter
-    gives the same weights dequantized (same answers, faster matmuls on a CPU). The end-of-turn marker
+    quant4=None loads the base the way it was trained: for QLoRA the 4-bit base, which on a CPU answers
+    dequantized (the same weights and logits, 1.7x faster there; see `answers_from_dequantized`); quant4=False
+    over a QLoRA adapter gives that dequantized base everywhere, quant4=True the 4-bit kernels. The end-of-turn marker
     the model learned is added to the generation config's EOS ids, so generation stops there.
     """
     from ..core.devices import pick_device
-    from ..models import load_model, load_tokenizer
+    from ..models import answers_from_dequantized, load_model, load_tokenizer
 
     folder = adapter_dir(source)
     meta = json.loads((folder / META_FILE).read_text())
     fmt = TrainingFormat.load(folder)
     tok = load_tokenizer(str(folder)) if meta.get("tokenizer_saved") else load_tokenizer(meta["base_model"])
     tok.padding_side = "left"
-    q4 = meta.get("quant4", False) if quant4 is None else quant4
     info = pick_device(device, dtype)
+    q4 = bool(meta.get("quant4")) and not answers_from_dequantized(info) if quant4 is None else quant4
     if meta["method"] == "full" or not (folder / "adapter_config.json").exists():
         model = load_model(str(folder), quant4=q4, info=info)
     else:

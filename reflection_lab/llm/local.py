@@ -175,15 +175,22 @@ class LocalModel:
         """A base model by spec (offline name, folder or hub id), asked for the format by `system_prompt`.
 
         As a teacher or judge pass system_prompt=None: their requests carry their own system messages.
+        quant4=True: the 4-bit weights (on a CPU dequantized: the same logits, faster; `answers_from_dequantized`).
         """
-        from ..models import load_model, load_tokenizer
+        from ..core.devices import pick_device
+        from ..models import answers_from_dequantized, load_dequantized, load_model, load_tokenizer
 
         tok = load_tokenizer(spec, padding_side="left")
-        lm = load_model(spec, quant4=quant4, device=device, dtype=dtype)
+        info = pick_device(device, dtype)
+        if quant4 and answers_from_dequantized(info):
+            lm = load_dequantized(spec, info=info)  # the 4-bit weights, faster on a CPU
+        else:
+            lm = load_model(spec, quant4=quant4, info=info)
         return cls(lm, tok, name=spec, system_prompt=system_prompt, template=template, batch_size=batch_size)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": self.model, "quant4": bool(getattr(self.lm, "is_loaded_in_4bit", False)),
+                "dequantized_4bit": bool(getattr(self.lm, "reflection_lab_dequantized_4bit", False)),
                 "dtype": str(getattr(self.lm, "dtype", "")).replace("torch.", ""), "template": self.fmt.template,
                 "system_prompt": self.fmt.system_prompt, "tags_as_special_tokens": bool(self.policy.tag_ids),
                 "stop_ids": sorted(self.policy.stop_ids)}

@@ -123,4 +123,15 @@ def load_dequantized(spec: str, *, info: DeviceInfo):
     model = load_model(spec, quant4=True, info=info)
     model.dequantize()
     model.eval()
+    model.reflection_lab_dequantized_4bit = True  # what LocalModel.describe reports
     return model
+
+
+def answers_from_dequantized(info: DeviceInfo) -> bool:
+    """Whether a 4-bit base answers (generation, reference losses) dequantized rather than in 4-bit.
+
+    On a CPU: the 4-bit kernels there are 1.7x slower than plain matmuls over the same weights (measured with
+    SmolLM2-135M on 2 cores), and a student small enough for a CPU fits in full precision. On a GPU the 4-bit
+    kernels are fast and the memory is the point.
+    """
+    return info.device == "cpu" and info.bnb_4bit_ok

@@ -64,9 +64,11 @@ def test_adapter_reloads_in_4bit_and_generates(trained):
     import torch
 
     run, _, _ = trained
-    model, tok = load_finetuned(run)
+    model, tok = load_finetuned(run, quant4=True)
     assert type(model).__name__ == "PeftModelForCausalLM" and tok.padding_side == "left"
     assert any(type(mod).__name__ == "Linear4bit" for mod in model.modules())
+    default, _ = load_finetuned(run)  # on this CPU: the same 4-bit weights, dequantized
+    assert not any(type(mod).__name__ == "Linear4bit" for mod in default.modules())
     fmt = training_format(run)
     ids = torch.tensor([fmt.prompt_ids(tok, "Explain apples")])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False)

@@ -44,7 +44,7 @@ def test_smollm2_qlora_with_tag_tokens_trains_saves_and_reloads(tmp_path, smollm
     assert m["model"]["embeddings_resized_to"] == 49152 + 6
     card = run.path("finetune", "MODEL_CARD.md").read_text()
     assert "dequantized from Q4_1" in card and "special tokens" in card
-    model, tok = load_finetuned(run)
+    model, tok = load_finetuned(run, quant4=True)
     assert tags_are_single_tokens(tok) and model.get_input_embeddings().weight.shape[0] == len(tok)
     assert any(type(mod).__name__ == "Linear4bit" for mod in model.modules())
     out = generate_answers(model, tok, training_format(run), eval_prompts()[:1], max_new_tokens=12)
