@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 QUICK = {
+    "bench_answer.py": ["--model", "tiny-llama", "--n", "2", "--tokens", "8"],
     "bench_tags.py": ["--quick", "--repeats", "1"],
     "bench_scoring.py": ["--models", "tiny-llama", "--n", "6"],
     "bench_selection.py": ["--n", "2000", "--repeats", "2"],
