@@ -16,7 +16,7 @@ lora_r, lora_alpha, tags_as_special_tokens, train_system_prompt, tag_loss_weight
 {"max_new_tokens": N, "repetition_penalty": P, "stop": false, "quant4": false} to answer with after that one
 training (default: the profile's budget, greedy, ending at "</output>"; "stop": false generates on to the
 end-of-turn token or the budget; "quant4": false answers with the adapter over the 4-bit base dequantized, the
-same weights in full precision, 1.7x faster than the 4-bit kernels on a 2-core CPU, see docs/finetune.md).
+same weights in full precision, now also the default on a CPU; see docs/finetune.md).
 """
 
 from __future__ import annotations

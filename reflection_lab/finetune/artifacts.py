@@ -185,7 +185,7 @@ def load_finetuned(source: Run | str | Path, quant4: bool | None = None, *, dtyp
     """(model, tokenizer) of a finished stage 05, ready for generation (eval mode, left padding).
 
     quant4=None loads the base the way it was trained: for QLoRA the 4-bit base, which on a CPU answers
-    dequantized (the same weights and logits, 1.7x faster there; see `answers_from_dequantized`); quant4=False
+    dequantized (the same weights and logits as in training; see `answers_from_dequantized`); quant4=False
     over a QLoRA adapter gives that dequantized base everywhere, quant4=True the 4-bit kernels. The end-of-turn marker
     the model learned is added to the generation config's EOS ids, so generation stops there.
     """

@@ -116,9 +116,9 @@ def load_dequantized(spec: str, *, info: DeviceInfo):
 
     Why: a QLoRA adapter learns on the NF4-rounded weights. Over the original weights it answers
     differently (SmolLM2-135M: another first sentence and broken tags after 24 steps). Loading in 4-bit
-    and dequantizing before any forward pass gives the trained base's logits exactly, with plain matmuls
-    (1.7x faster than the 4-bit kernels on a CPU). Before any forward pass: bitsandbytes repacks its CPU
-    weights on the first one, and dequantizing after that gives wrong weights.
+    and dequantizing before any forward pass gives the trained base's logits exactly, with plain matmuls.
+    Before any forward pass: bitsandbytes repacks its CPU weights on the first one, and dequantizing after
+    that gives wrong weights.
     """
     model = load_model(spec, quant4=True, info=info)
     model.dequantize()
@@ -130,8 +130,10 @@ def load_dequantized(spec: str, *, info: DeviceInfo):
 def answers_from_dequantized(info: DeviceInfo) -> bool:
     """Whether a 4-bit base answers (generation, reference losses) dequantized rather than in 4-bit.
 
-    On a CPU: the 4-bit kernels there are 1.7x slower than plain matmuls over the same weights (measured with
-    SmolLM2-135M on 2 cores), and a student small enough for a CPU fits in full precision. On a GPU the 4-bit
-    kernels are fast and the memory is the point.
+    On a CPU the dequantized weights are the trained model exactly and not slower: bitsandbytes' CPU kernels
+    either compute in fp32 as in training, 1.35x slower than the dequantized matmuls, or (on CPUs with
+    AVX512-BF16, after repacking) in bf16, 8 % faster but with other logits, so half the greedy answers
+    change (SmolLM2-135M on 2 cores, benchmarks/bench_answer.py). A student small enough for a CPU fits in
+    full precision. On a GPU the 4-bit kernels are fast and the memory is the point.
     """
     return info.device == "cpu" and info.bnb_4bit_ok
