@@ -83,7 +83,8 @@ def answer(run: Run, prof: Profile, trained: dict, decode: dict) -> dict:
     inf = run_infer(run, InferConfig.from_profile(prof, preset=preset, max_new_tokens=budget, quant4=quant4),
                     force=True, progress=False)
     c, n = inf["counts"], inf["counts"]["prompts"]
-    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop), "quant4": quant4,
+    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop),
+            "answer_quant4": quant4,
             "infer_s": round(time.perf_counter() - t0, 1), "prompts": n,
             "well_formed_share": c["well_formed_share"],
             "stopped_share": round(c["finish_reasons"].get("stop", 0) / n, 4),

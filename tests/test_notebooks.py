@@ -191,7 +191,7 @@ def test_notebooks_execute_in_order(tmp_path, monkeypatch, request):
 def _check_evaluation(run_dir: Path) -> None:
     """Notebook 07 evaluated all five arms with real generations and finite reference losses.
 
-    Why here: with the offline profile this is the suite's only evaluation with SmolLM2 (4-bit QLoRA arms,
+    Why here: with the offline profile this is the suite's only evaluation with SmolLM2 (the profile's LoRA arms,
     real answers); the tiny students cover every arm and option in tests/evaluate/.
     """
     from reflection_lab.core.runs import Run
