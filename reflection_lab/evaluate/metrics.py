@@ -10,6 +10,9 @@ report, the notebook and the CLI table.
 * Intervals are percentile bootstraps over prompts. Every arm is resampled with the *same*
   index matrix (seeded by the seed, the metric and the number of prompts), so the difference of
   two arms is a paired bootstrap: the prompt-to-prompt difficulty cancels out.
+* An arm's own *share* (a 0/1 metric such as the well-formed share) gets a Wilson score interval
+  instead: a bootstrap of 8 successes in 8 prompts is [1, 1], which claims a certainty 8 prompts
+  cannot give; Wilson's is [0.68, 1].
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import math
 import re
 from collections import Counter
+from statistics import NormalDist
 from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -148,6 +152,23 @@ def bootstrap_ci(values: Sequence[float | None], *, n_boot: int = N_BOOT, seed: 
     return {"mean": mean, "lo": lo, "hi": hi, "n": n}
 
 
+def wilson_ci(values: Sequence[float | None], *, level: float = CI_LEVEL) -> dict[str, Any]:
+    """Share of 1s among the non-missing 0/1 values with its Wilson score interval: {mean, lo, hi, n}.
+
+    Unlike a bootstrap it stays wide at 0 % or 100 % on a few prompts, where every resample is the same.
+    """
+    x = [float(v) for v in values if v is not None and not _isnan(v)]
+    if any(v not in (0.0, 1.0) for v in x):
+        raise ValueError("a Wilson interval needs 0/1 values")
+    n = len(x)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    p, z = sum(x) / n, NormalDist().inv_cdf(1 - (1 - level) / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"mean": p, "lo": max(0.0, centre - half), "hi": min(1.0, centre + half), "n": n}
+
+
 def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], *, n_boot: int = N_BOOT, seed: int = 0,
                      label: str = "", level: float = CI_LEVEL) -> dict[str, Any]:
     """Mean of a - b over prompts where both exist, with a bootstrap interval that resamples prompts.
@@ -222,6 +243,8 @@ METRICS = {
     "ref_loss_format": ("ref_loss_format", False, "reference loss after the arm's own reasoning (nats)"),
 }
 NAIVE = {"exact_match_anywhere": ("correct_anywhere", True, "naive: reference number anywhere in the text")}
+# 0/1 per prompt: an arm's interval on these is Wilson's (see the module docstring), differences stay paired bootstraps
+SHARES = frozenset({"format", "exact_match", "exact_match_anywhere"})
 
 
 def metric_values(rows: Sequence[dict], metric: str) -> list[float | None]:
@@ -237,7 +260,8 @@ def metric_values(rows: Sequence[dict], metric: str) -> list[float | None]:
 def arm_summary(rows: Sequence[dict], *, n_boot: int = N_BOOT, seed: int = 0, level: float = CI_LEVEL) -> dict:
     """Every metric of one arm with its interval, and the parser's diagnostic codes as shares."""
     n = len(rows)
-    metrics = {m: bootstrap_ci(metric_values(rows, m), n_boot=n_boot, seed=seed, label=m, level=level)
+    metrics = {m: wilson_ci(metric_values(rows, m), level=level) if m in SHARES
+               else bootstrap_ci(metric_values(rows, m), n_boot=n_boot, seed=seed, label=m, level=level)
                for m in (*METRICS, *NAIVE)}
     codes = Counter(c for r in rows for c in r.get("diagnostics", []))
     return {
@@ -305,7 +329,7 @@ def verdicts(metrics: Mapping[str, Any]) -> list[str]:
     return out
 
 
-__all__ = ["ABS_TOL", "CI_LEVEL", "METRICS", "NAIVE", "N_BOOT", "REL_TOL", "arm_order", "arm_summary", "bootstrap_ci",
-           "combine_orders", "differences", "extract_number", "metric_values", "numbers_in", "numeric_match",
-           "order_preference", "paired_bootstrap", "resample_indices", "score_answer", "verdict_counts",
-           "verdict_sentence", "verdicts", "winning_score"]
+__all__ = ["ABS_TOL", "CI_LEVEL", "METRICS", "NAIVE", "N_BOOT", "REL_TOL", "SHARES", "arm_order", "arm_summary",
+           "bootstrap_ci", "combine_orders", "differences", "extract_number", "metric_values", "numbers_in",
+           "numeric_match", "order_preference", "paired_bootstrap", "resample_indices", "score_answer",
+           "verdict_counts", "verdict_sentence", "verdicts", "wilson_ci", "winning_score"]

@@ -159,7 +159,8 @@ def _setup_html(metrics: dict) -> str:
         ("evaluation prompts", f"{s['n_eval']} from {s['eval_source']} ({s['n_numeric']} with a numeric answer)"),
         ("decoding", f"{s['decoding']}, max_new_tokens={s['max_new_tokens']}; base arm's system message: "
                      f"{s['base_system_prompt'] or '(none)'}; trained arms: the prompt format they were trained with"),
-        ("intervals", f"{int(s['ci_level'] * 100)}% percentile bootstrap over prompts, {s['n_boot']} resamples, "
+        ("intervals", f"{int(s['ci_level'] * 100)}%: Wilson score for an arm's shares (format, exact match), "
+                      f"percentile bootstrap over prompts for losses and differences, {s['n_boot']} resamples, "
                       f"seed {s['seed']}; exact match within a relative tolerance of {s['rel_tol']:g}"),
         ("judge", f"{judge.get('backend')}:{judge.get('model')} ({judge.get('prompt_version')}, sees "
                   f"{judge.get('view')} text)" if judge else "not used"),

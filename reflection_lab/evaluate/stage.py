@@ -20,8 +20,9 @@ gets the lab's Reflection system message, the only way it can know the format):
 * answer-token loss: teacher-forced mean cross-entropy of the reference answer's tokens after the
   arm's own prompt (scoring engine, exact spans), averaged over prompts; lower is better;
 * optionally a pairwise judge through any backend of the llm layer, both orders (judge.py).
-Every metric gets a 95% percentile bootstrap interval (1000 resamples over prompts, fixed seed);
-arm - base and arm - random are paired bootstraps. With a fixed seed a rerun gives the same numbers.
+Every metric gets a 95% interval: Wilson's for an arm's shares (it stays wide at 8 of 8), a percentile
+bootstrap (1000 resamples over prompts, fixed seed) for losses; arm - base and arm - random are paired
+bootstraps. With a fixed seed a rerun gives the same numbers.
 
 Writes 07_evaluate/: metrics.json, report.html (+ report_offline.html with plotly.js inline),
 generations/<arm>.jsonl, judge.jsonl, and the manifest. Generations are journalled per arm

@@ -9,7 +9,7 @@ import pytest
 
 from reflection_lab.evaluate.metrics import (arm_summary, bootstrap_ci, combine_orders, differences, extract_number,
                                              numbers_in, numeric_match, order_preference, paired_bootstrap,
-                                             resample_indices, score_answer, verdict_counts, winning_score)
+                                             resample_indices, score_answer, verdict_counts, wilson_ci, winning_score)
 from reflection_lab.evaluate.judge import (NO_ANSWER, Comparison, scripted_judge, answer_view, judge_messages,
                                            parse_verdict, run_judge, unpack_messages)
 
@@ -267,3 +267,20 @@ def test_verdicts_covers_every_stored_comparison():
     m = {"differences": {"vs_base": {"selected": {"format": d, "exact_match": d, "ref_loss": d}}, "vs_random": {}}}
     out = verdicts(m)
     assert len(out) == 3 and all("not distinguishable" in s for s in out)
+
+
+def test_an_arms_share_gets_a_wilson_interval_that_stays_wide_at_100_percent():
+    all_right = wilson_ci([1.0] * 8)
+    assert all_right["mean"] == 1.0 and all_right["hi"] == 1.0 and all_right["lo"] == pytest.approx(0.676, abs=1e-3)
+    none_right = wilson_ci([0.0] * 8)
+    assert none_right["lo"] == 0.0 and none_right["hi"] == pytest.approx(1 - all_right["lo"])
+    half = wilson_ci([1, 0] * 10)
+    assert half["lo"] == pytest.approx(1 - half["hi"]) and half["lo"] == pytest.approx(0.2993, abs=1e-4)
+    assert wilson_ci([None, float("nan")]) == {"mean": None, "lo": None, "hi": None, "n": 0}
+    with pytest.raises(ValueError):
+        wilson_ci([0.5, 1.0])
+    rows = [{"well_formed": True, "correct": None, "correct_anywhere": None, "ref_loss": 1.0 + i / 10,
+             "diagnostics": []} for i in range(8)]
+    s = arm_summary(rows)["metrics"]
+    assert s["format"] == all_right  # a bootstrap would say [1, 1]
+    assert s["ref_loss"]["lo"] > 1.0 and s["ref_loss"]["hi"] < 1.7  # losses keep the bootstrap
