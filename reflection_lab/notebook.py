@@ -34,14 +34,14 @@ _PRELOADED = ("torch", "transformers", "datasets", "accelerate", "peft")
 # "offline" while other jobs were using the machine, "idle" in a fresh-clone .ci/run with nothing else running.
 # docs/workshop.md shows the same numbers (tests/test_notebooks.py keeps them equal). GPU profiles: not measured yet.
 NOTEBOOK_TIMES: dict[str, dict[str, str]] = {
-    "00": {"ci": "21 s (9 s)", "offline": "17 s (10 s)", "idle": "6.8 s (6 s)"},
-    "01": {"ci": "10 s (3 s)", "offline": "8 s (3 s)", "idle": "4.5 s (3 s)"},
-    "02": {"ci": "10 s (3 s)", "offline": "7 s (3 s)", "idle": "4.6 s (3 s)"},
-    "03": {"ci": "33 s (14 s)", "offline": "3.0 min (2.6 min)", "idle": "59 s (104 s)"},
-    "04": {"ci": "13 s (5 s)", "offline": "7 s (5 s)", "idle": "6.6 s (5 s)"},
-    "05": {"ci": "75 s (36 s)", "offline": "8.3 min (4.9 min)", "idle": "58 s (100 s)"},
-    "06": {"ci": "27 s (12 s)", "offline": "4.1 min (2.4 min)", "idle": "35 s (46 s)"},
-    "07": {"ci": "3.4 min (100 s)", "offline": "not measured yet", "idle": "2.9 min (323 s)"},
+    "00": {"ci": "21 s (9 s)", "offline": "17 s (10 s)", "idle": "28 s (28 s)"},
+    "01": {"ci": "10 s (3 s)", "offline": "8 s (3 s)", "idle": "4.5 s (3.4 s)"},
+    "02": {"ci": "10 s (3 s)", "offline": "7 s (3 s)", "idle": "4.6 s (3.5 s)"},
+    "03": {"ci": "33 s (14 s)", "offline": "3.0 min (2.6 min)", "idle": "97 s (174 s)"},
+    "04": {"ci": "13 s (5 s)", "offline": "7 s (5 s)", "idle": "6.2 s (4.9 s)"},
+    "05": {"ci": "75 s (36 s)", "offline": "8.3 min (4.9 min)", "idle": "43 s (67 s)"},
+    "06": {"ci": "27 s (12 s)", "offline": "4.1 min (2.4 min)", "idle": "31 s (45 s)"},
+    "07": {"ci": "3.4 min (100 s)", "offline": "not measured yet", "idle": "2.2 min (218 s)"},
 }
 COST_PROFILES = ("ci", "offline", "colab-t4", "gpu")
 
