@@ -123,12 +123,12 @@ PROFILES: dict[str, Profile] = {
         # full-precision base with 16 trained pairs (48 samples) to 83 % of 60 answers (20 held-out prompts, three
         # seeds), where QLoRA on the same pairs gave 50 %; without LoRA dropout 90 % (54 of 60); lr 2e-3 gave 100 %,
         # 45 % and 70 %. The selected answers are 177-244 tokens, which a budget of 160 cut. No gradient
-        # checkpointing: 1.45x faster for twice the memory (7.6 GiB peak).
+        # checkpointing: 1.45x faster for about twice the memory.
         quant4=False, gradient_checkpointing=False, tag_loss_weight=5.0, lora_dropout=0.0,
-        time_note=("8.9 min for lab.py demo on an idle 2-core CPU, set-up of .venv and SmolLM2 included "
-                   "(measured 2026-12-07: scoring 156 s, 40 training steps 237 s)"),
-        memory_note=("7.6 GiB peak RSS by the end of fine-tuning without gradient checkpointing "
-                     "(measured 2026-12-07, lab.py demo)"),
+        time_note=("9.5 min for lab.py demo from a fresh clone on an idle 2-core CPU, set-up of .venv and SmolLM2 "
+                   "included (measured 2026-12-07: scoring 174 s, 40 training steps 223 s)"),
+        memory_note=("5.9 GiB peak RSS by the end of fine-tuning without gradient checkpointing "
+                     "(measured 2026-12-07, lab.py demo; gradient_checkpointing=true for about 4 GiB)"),
     ),
     "offline-full": Profile(
         name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",
