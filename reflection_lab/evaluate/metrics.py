@@ -21,8 +21,8 @@ import hashlib
 import math
 import re
 from collections import Counter
-from statistics import NormalDist
 from fractions import Fraction
+from statistics import NormalDist
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -141,7 +141,7 @@ def _interval(means: np.ndarray, level: float) -> tuple[float, float]:
 def bootstrap_ci(values: Sequence[float | None], *, n_boot: int = N_BOOT, seed: int = 0, label: str = "",
                  level: float = CI_LEVEL) -> dict[str, Any]:
     """Mean and percentile bootstrap interval of the non-missing values: {mean, lo, hi, n}."""
-    x = np.array([float(v) for v in values if v is not None and not _isnan(v)], dtype=float)
+    x = np.array(_present(values), dtype=float)
     n = len(x)
     if n == 0:
         return {"mean": None, "lo": None, "hi": None, "n": 0}
@@ -157,7 +157,7 @@ def wilson_ci(values: Sequence[float | None], *, level: float = CI_LEVEL) -> dic
 
     Unlike a bootstrap it stays wide at 0 % or 100 % on a few prompts, where every resample is the same.
     """
-    x = [float(v) for v in values if v is not None and not _isnan(v)]
+    x = _present(values)
     if any(v not in (0.0, 1.0) for v in x):
         raise ValueError("a Wilson interval needs 0/1 values")
     n = len(x)
@@ -183,6 +183,11 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], *, n_
     res = bootstrap_ci([x - y for x, y in pairs], n_boot=n_boot, seed=seed, label=label, level=level)
     res["excludes_zero"] = bool(res["n"] > 1 and (res["lo"] > 0 or res["hi"] < 0))
     return res
+
+
+def _present(values: Sequence[float | None]) -> list[float]:
+    """The values a metric has (a missing one is None or NaN, e.g. a loss that could not be computed)."""
+    return [float(v) for v in values if v is not None and not _isnan(v)]
 
 
 def _isnan(v: Any) -> bool:

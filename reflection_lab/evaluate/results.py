@@ -117,7 +117,8 @@ def format_table(metrics: dict) -> str:
     out.append(f"{s['n_eval']} prompts ({s['n_numeric']} with a numeric answer) from {s['eval_source']}; profile "
                f"{s['profile']} ({s['student']}, n_samples={s['n_samples']}, max_steps={s['max_steps']}).")
     out.append(f"[lo, hi]: {int(s['ci_level'] * 100)}% Wilson score for shares, percentile bootstrap over prompts "
-               f"({s['n_boot']} resamples, seed {s['seed']}) for losses and differences. Differences that stay inside these intervals are not evidence.")
+               f"({s['n_boot']} resamples, seed {s['seed']}) for losses and differences. "
+               "Differences that stay inside these intervals are not evidence.")
     t = metrics["timing"]
     out.append(f"wall time of this call {t['wall_seconds']} s; the arms' training, generation and scoring took "
                f"{t.get('arm_work_seconds', '?')} s when they ran")
