@@ -12,7 +12,8 @@ share with a `<reflection>` block. These lines are what docs/finetune.md records
                                                    {"max_new_tokens": 384, "repetition_penalty": 1.2}]}'
 
 A setting is a JSON object: "name", any Profile field that shapes the training (max_steps, learning_rate,
-lora_r, lora_alpha, tags_as_special_tokens, train_system_prompt, tag_loss_weight, ...) and "decodes": a list of
+lora_r, lora_alpha, tags_as_special_tokens, train_system_prompt, tag_loss_weight, ...), "finetune": {FinetuneConfig
+fields without a profile field, e.g. "eval_fraction": 0} and "decodes": a list of
 {"max_new_tokens": N, "repetition_penalty": P, "stop": false, "quant4": false} to answer with after that one
 training (default: the profile's budget, greedy, ending at "</output>"; "stop": false generates on to the
 end-of-turn token or the budget; "quant4": false answers with the adapter over the 4-bit base dequantized, the
@@ -55,6 +56,7 @@ def trial(prepared: Run, root: Path, profile: Profile, setting: dict) -> list[di
     setting = dict(setting)
     name = setting.pop("name")
     decodes = setting.pop("decodes", [{}])
+    finetune_only = setting.pop("finetune", {})  # FinetuneConfig fields no profile field maps to (eval_fraction, ...)
     unknown = sorted(set(setting) - {f.name for f in fields(Profile)})
     if unknown:
         raise SystemExit(f"setting {name!r}: unknown field(s) {unknown}")
@@ -64,9 +66,9 @@ def trial(prepared: Run, root: Path, profile: Profile, setting: dict) -> list[di
         if not (run.root / stage_dir).exists():
             shutil.copytree(prepared.root / stage_dir, run.root / stage_dir)
     t0 = time.perf_counter()
-    ft = run_finetune(run, FinetuneConfig.from_profile(prof), progress=False)
+    ft = run_finetune(run, FinetuneConfig.from_profile(prof, **finetune_only), progress=False)
     train_s = time.perf_counter() - t0
-    trained = {"name": name, **setting, "train_rows": ft["counts"].get("train_samples"),
+    trained = {"name": name, **setting, **finetune_only, "train_rows": ft["counts"].get("train_samples"),
                "steps": ft["counts"].get("steps"), "final_train_loss": ft["counts"].get("final_train_loss"),
                "train_s": round(train_s, 1)}
     return [answer(run, prof, trained, decode) for decode in decodes] or [trained]

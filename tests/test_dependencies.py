@@ -55,5 +55,8 @@ def test_the_floor_check_pins_every_declared_package_of_the_lab():
     found = floors.declared_floors()
     assert {_name(r) for r in lab} == set(found)
     pins = floors.floor_pins(found)
-    assert "transformers==" + found["transformers"] in pins and not any(p.startswith("torch==") for p in pins)
-    assert floors.tested_torch().startswith("torch==")
+    assert "transformers==" + found["transformers"] in pins and "torch==" + found["torch"] in pins
+    tested = floors.tested_torch()
+    assert tested.startswith("torch==")
+    with_tested = floors.floor_pins(found, tested)
+    assert tested in with_tested and "torch==" + found["torch"] not in with_tested and len(with_tested) == len(pins)
