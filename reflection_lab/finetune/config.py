@@ -65,6 +65,9 @@ class FinetuneConfig(StageConfig):
     gradient_checkpointing: bool = True
     group_by_length: bool = True
     answer_logits_only: bool = True  # project only answer-predicting positions onto the vocabulary (same loss)
+    # answer positions projected onto the vocabulary at a time, each chunk recomputed in the backward pass: the
+    # (tokens x vocabulary) logits never exist at once (same loss; 0: all at once)
+    loss_chunk_tokens: int = 1024
     seed: int = 0
     dtype: str = "auto"
     device: str = "auto"
@@ -88,6 +91,8 @@ class FinetuneConfig(StageConfig):
         for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"FinetuneConfig.{name} must be at least 1, not {getattr(self, name)}")
+        if self.loss_chunk_tokens < 0:
+            raise ConfigError(f"FinetuneConfig.loss_chunk_tokens must be 0 (off) or more, not {self.loss_chunk_tokens}")
         if not self.tag_loss_weight > 0:
             raise ConfigError(f"FinetuneConfig.tag_loss_weight must be above 0, not {self.tag_loss_weight}")
         if self.report_to not in REPORTERS:

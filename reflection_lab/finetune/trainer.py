@@ -57,33 +57,110 @@ def supports_logits_to_keep(model: Any) -> bool:
         from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
     except ImportError:
         return False
+    return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside DDP (`.module`) and peft (`get_base_model()`) wrappers."""
     base = model
-    while hasattr(base, "get_base_model") and base is not getattr(base, "get_base_model")():
-        base = base.get_base_model()
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    while True:
+        if hasattr(base, "get_base_model") and base is not base.get_base_model():
+            base = base.get_base_model()
+        elif type(base).__name__ == "DistributedDataParallel":
+            base = base.module
+        else:
+            return base
 
 
-def answer_only_loss(model: Any, inputs: dict) -> tuple[Any, int, Any]:
+# Models whose forward ends in `logits = lm_head(hidden[kept])` with nothing after it (no soft-capping or scale),
+# so the head can be applied outside the forward, in chunks.
+CHUNKABLE_HEADS = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def plain_output_head(model: Any) -> Any:
+    """The model's output projection when the loss may apply it in chunks, else None.
+
+    Why so narrow: a peft wrapper on the head (trainable tag tokens) adds rows a bare matmul would miss, and some
+    architectures change the logits after the head (Gemma's soft-capping); those keep the model's own head.
+    """
+    import torch
+
+    base = causal_lm(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if getattr(base.config, "model_type", None) not in CHUNKABLE_HEADS or type(head) is not torch.nn.Linear:
+        return None
+    return head
+
+
+def _head_cross_entropy(hidden: Any, weight: Any, bias: Any, target: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(F.linear(hidden, weight, bias).float(), target, reduction="none")
+
+
+def chunked_cross_entropy(hidden: Any, head: Any, target: Any, chunk: int) -> Any:
+    """Per-token cross-entropy of `head(hidden)` against `target`, `chunk` rows at a time.
+
+    Why: at SmolLM2's 49,152-token vocabulary one batch's answer logits, their softmax and its gradient are
+    three (tokens x vocabulary) fp32 tensors, about 2.4 GB for 4,000 tokens. With gradients on, each chunk is
+    checkpointed: its logits are dropped after the forward and recomputed in the backward, one chunk at a time.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    parts = []
+    for start in range(0, hidden.shape[0], chunk):
+        args = (hidden[start:start + chunk], head.weight, head.bias, target[start:start + chunk])
+        parts.append(checkpoint(_head_cross_entropy, *args, use_reentrant=False) if grad
+                     else _head_cross_entropy(*args))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+class _HeadSkipped:
+    """Within the block the output head returns its input, so the forward hands back hidden states."""
+
+    def __init__(self, head: Any) -> None:
+        self.head = head
+
+    def __enter__(self) -> None:
+        self.head.forward = lambda hidden: hidden
+
+    def __exit__(self, *exc: Any) -> None:
+        del self.head.forward  # the class's own forward again
+
+
+def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0) -> tuple[Any, int, Any]:
     """(summed cross-entropy, number of trained tokens, outputs), computed on the trained positions only.
 
     `inputs` holds input_ids, attention_mask, labels (unshifted, -100 where untrained), maybe the boolean
     `logits_to_keep` mask from `PadToLongest(keep_logits=True)` (then the model projects only those
     positions onto the vocabulary; the result equals its own loss on full logits, tests check it) and
-    maybe `loss_weights` (tag_loss_weight), which scale each trained token's loss.
+    maybe `loss_weights` (tag_loss_weight), which scale each trained token's loss. With `chunk_tokens` and
+    a kept-positions mask, the head is applied `chunk_tokens` positions at a time (`chunked_cross_entropy`)
+    where `plain_output_head` allows it; `outputs.logits` is then None.
     """
     import torch.nn.functional as F
 
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     weights = inputs.pop("loss_weights", None)
-    outputs = model(**inputs)
     trained = labels[:, 1:] != -100
     target = labels[:, 1:][trained]  # row-major, the order in which kept logits come back
-    if "logits_to_keep" in inputs:
-        logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+    head = plain_output_head(model) if chunk_tokens and "logits_to_keep" in inputs else None
+    if head is not None:
+        with _HeadSkipped(head):
+            outputs = model(**inputs)
+        hidden = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+        outputs = type(outputs)(**{k: v for k, v in outputs.items() if k != "logits"})  # those were hidden states
+        losses = chunked_cross_entropy(hidden, head, target, chunk_tokens)
     else:
-        logits = outputs.logits[:, :-1][trained]
-    losses = F.cross_entropy(logits.float(), target, reduction="none")
+        outputs = model(**inputs)
+        if "logits_to_keep" in inputs:
+            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+        else:
+            logits = outputs.logits[:, :-1][trained]
+        losses = F.cross_entropy(logits.float(), target, reduction="none")
     if weights is not None:
         losses = losses * weights[:, 1:][trained].to(losses.dtype)
     return losses.sum(), int(target.numel()), outputs
@@ -105,7 +182,7 @@ def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleD
                          num_items_in_batch: Any = None) -> Any:
             if "logits_to_keep" not in inputs and "loss_weights" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            total, n, outputs = answer_only_loss(model, inputs)
+            total, n, outputs = answer_only_loss(model, inputs, config.loss_chunk_tokens)
             # the same normalisation as Trainer.compute_loss with a model that takes num_items_in_batch
             if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                 loss = total / num_items_in_batch

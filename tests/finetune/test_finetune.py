@@ -338,6 +338,50 @@ def test_answer_only_logits_give_the_models_own_loss(spec, tiny_llama_path, tiny
     assert (total / n).item() == pytest.approx(full.loss.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_a_chunked_loss_gives_the_same_loss_and_gradients_as_the_whole_logits(chunk, tiny_llama_path):
+    """loss_chunk_tokens applies the head a few positions at a time (recomputed in backward): same numbers."""
+    import torch
+
+    from peft import LoraConfig, get_peft_model
+
+    from reflection_lab.finetune.data import PadToLongest, encode_rows
+    from reflection_lab.finetune.trainer import answer_only_loss, plain_output_head, supports_logits_to_keep
+    from reflection_lab.format.chat import build_format
+    from reflection_lab.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_path)
+    exs, _ = encode_rows(tiny_rows(6, seed=4), build_format(tok, "chat"), tok, max_length=256, tag_weight=3.0)
+    batch = PadToLongest(tok.pad_token_id, keep_logits=True)(exs)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)  # B nonzero: all factors get grads
+    model = get_peft_model(load_model(tiny_llama_path), lora)
+    if not supports_logits_to_keep(model):
+        pytest.skip("this transformers takes no boolean logits_to_keep mask")
+    assert plain_output_head(model) is not None
+    results = []
+    for chunk_tokens in (0, chunk):
+        model.zero_grad()
+        total, n, out = answer_only_loss(model, batch, chunk_tokens)
+        total.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+        results.append((total.item(), n, grads, out.logits))
+    (whole, n0, g0, logits0), (chunked, n1, g1, logits1) = results
+    assert n0 == n1 > chunk or chunk > n0
+    assert logits0 is not None and logits1 is None
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-5)  # summation order only
+
+
+def test_heads_with_a_wrapper_or_another_architecture_keep_the_models_own_projection(tiny_gpt2_path):
+    from reflection_lab.finetune.trainer import plain_output_head
+    from reflection_lab.models import load_model
+
+    assert plain_output_head(load_model(tiny_gpt2_path)) is None  # gpt2 is not in CHUNKABLE_HEADS
+
+
 def test_training_arguments_switch_checkpointing_on_without_a_deprecated_name(tmp_path):
     """transformers 5.24 renamed gradient_checkpointing; the lab passes whichever name the installed version has."""
     import warnings
