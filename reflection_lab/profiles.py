@@ -125,10 +125,11 @@ PROFILES: dict[str, Profile] = {
         # 45 % and 70 %. The selected answers are 177-244 tokens, which a budget of 160 cut. No gradient
         # checkpointing: 1.45x faster for about twice the memory.
         quant4=False, gradient_checkpointing=False, tag_loss_weight=5.0, lora_dropout=0.0,
-        time_note=("9.5 min for lab.py demo from a fresh clone on an idle 2-core CPU, set-up of .venv and SmolLM2 "
-                   "included (measured 2026-12-07: scoring 174 s, 40 training steps 223 s)"),
-        memory_note=("5.9 GiB peak RSS by the end of fine-tuning without gradient checkpointing "
-                     "(measured 2026-12-07, lab.py demo; gradient_checkpointing=true for about 4 GiB)"),
+        time_note=("9.5 and 11.1 min for lab.py demo from a fresh clone on an idle 2-core CPU, set-up of .venv and "
+                   "SmolLM2 included, 8.2 and 9.6 min after it (two runs on 2026-12-07: scoring 174 and 196 s, "
+                   "40 training steps 223 and 282 s)"),
+        memory_note=("5.9 and 6.4 GiB peak RSS by the end of fine-tuning without gradient checkpointing "
+                     "(two lab.py demo runs, 2026-12-07; gradient_checkpointing=true for about 4 GiB)"),
     ),
     "offline-full": Profile(
         name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",

@@ -20,6 +20,7 @@ QUICK = {
     "bench_reflect.py": ["--n", "8", "--latency-s", "0.05", "--concurrency", "1,4"],
     # 2 optimizer steps per arm still load the 4-bit model, build both trainers and time them (~12 s here).
     "bench_train.py": ["--steps", "2", "--batch-size", "2", "--max-length", "256"],
+    "bench_step_memory.py": ["--batch-size", "2", "--max-length", "128", "--passes", "1", "--threads", "1"],
     "format_sweep.py": ["--profile", "ci", "--n-samples", "12", "--n-eval", "2", "--threads", "1",
                         "--root", str(Path(tempfile.gettempdir()) / "reflection-lab-format-sweep-test"),
                         "--setting", '{"name": "quick", "max_steps": 2, "decodes": [{"max_new_tokens": 8}]}'],
