@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -114,14 +113,11 @@ def main() -> int:
         print("RESULT " + json.dumps(one_arm(a)), flush=True)
         return 0
     arms = [["--arm", "lab", "--chunk", c.strip()] for c in a.chunks.split(",") if c.strip()] + [["--arm", "peft"]]
-    results = []
-    for arm in arms:
-        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], *arm], capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
-        results.append(json.loads(line[len("RESULT "):]))
+    from bench_train import run_arm
+
+    results = [run_arm(__file__, [*sys.argv[1:], *arm]) for arm in arms]
+    if None in results:
+        return 1
     print(f"model {a.model}, {'4-bit QLoRA + gradient checkpointing' if a.quant4 else 'LoRA'}, the {a.batch_size} "
           f"longest pairs ({results[0]['batch_tokens']} tokens, {results[0]['answer_tokens']} trained), "
           f"{a.passes} forward-backward passes, {a.threads} threads")

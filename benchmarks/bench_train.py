@@ -249,6 +249,17 @@ def arm_trl(a: argparse.Namespace) -> dict:
 ARMS = {"baseline": arm_baseline, "trl": arm_trl, "lab": arm_lab}
 
 
+def run_arm(script: str, argv: list[str]) -> dict | None:
+    """Run one arm of a benchmark script in its own process (so each has its own peak memory) and return the dict
+    it printed on its `RESULT {...}` line; None, with the arm's stderr shown, when it failed."""
+    proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(line[len("RESULT "):])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-llama")
@@ -280,15 +291,11 @@ def main() -> int:
         arms.remove("trl")
         print("trl is not installed (pip install trl): the TRL SFTTrainer arm is left out")
     for arm in arms:
-        cmd = [sys.executable, __file__, "--arm", arm] + sys.argv[1:]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(proc.stderr[-3000:], file=sys.stderr)
+        result = run_arm(__file__, [*sys.argv[1:], "--arm", arm])
+        if result is None:
             return 1
-        results[arm] = json.loads(line[len("RESULT "):])
-        results[arm]["wall_s"] = time.perf_counter() - t0
+        results[arm] = result | {"wall_s": time.perf_counter() - t0}
     lab = results["lab"]
     mem = "peak_cuda_mib" if "peak_cuda_mib" in lab else "peak_rss_mib"
     padded = (f"; baseline pads every sample to {results['baseline']['padded_to']} tokens"
