@@ -32,7 +32,8 @@ class FinetuneConfig(StageConfig):
     """Everything the result depends on (it is the stage fingerprint's config)."""
 
     STAGE = "finetune"
-    RUNTIME = ("report_to",)  # where logs also go does not change the trained weights
+    # where logs also go, and in how many pieces the loss is computed, do not change the trained weights
+    RUNTIME = ("report_to", "loss_chunk_tokens")
 
     student: str = "tiny-llama"
     method: str = "qlora"  # "qlora" (4-bit base + LoRA), "lora" (full-precision base + LoRA), "full"

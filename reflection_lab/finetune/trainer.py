@@ -61,12 +61,12 @@ def supports_logits_to_keep(model: Any) -> bool:
 
 
 def causal_lm(model: Any) -> Any:
-    """The transformers causal LM inside DDP (`.module`) and peft (`get_base_model()`) wrappers."""
+    """The transformers causal LM inside DataParallel / DDP (`.module`) and peft (`get_base_model()`) wrappers."""
     base = model
     while True:
         if hasattr(base, "get_base_model") and base is not base.get_base_model():
             base = base.get_base_model()
-        elif type(base).__name__ == "DistributedDataParallel":
+        elif type(base).__name__ in ("DistributedDataParallel", "DataParallel"):
             base = base.module
         else:
             return base
@@ -92,13 +92,18 @@ def plain_output_head(model: Any) -> Any:
     return head
 
 
-def _head_cross_entropy(hidden: Any, weight: Any, bias: Any, target: Any) -> Any:
+def _head_cross_entropy(hidden: Any, weight: Any, bias: Any, target: Any, autocast_dtype: Any) -> Any:
+    import torch
     import torch.nn.functional as F
 
-    return F.cross_entropy(F.linear(hidden, weight, bias).float(), target, reduction="none")
+    # The model's forward ran under the Trainer's autocast (bf16/fp16 on a GPU); the head, applied here outside that
+    # forward, gets the same. Without autocast the hidden states take the head's dtype (a bf16 `lora` base).
+    with torch.autocast(hidden.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = F.linear(hidden if autocast_dtype else hidden.to(weight.dtype), weight, bias)
+    return F.cross_entropy(logits.float(), target, reduction="none")
 
 
-def chunked_cross_entropy(hidden: Any, head: Any, target: Any, chunk: int) -> Any:
+def chunked_cross_entropy(hidden: Any, head: Any, target: Any, chunk: int, autocast_dtype: Any = None) -> Any:
     """Per-token cross-entropy of `head(hidden)` against `target`, `chunk` rows at a time.
 
     Why: at SmolLM2's 49,152-token vocabulary one batch's answer logits, their softmax and its gradient are
@@ -108,13 +113,15 @@ def chunked_cross_entropy(hidden: Any, head: Any, target: Any, chunk: int) -> An
     import torch
     from torch.utils.checkpoint import checkpoint
 
+    if hidden.shape[0] == 0:
+        return hidden[:, 0].float() * 0.0  # no trained token: a zero loss that still has a graph
     grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
     parts = []
     for start in range(0, hidden.shape[0], chunk):
-        args = (hidden[start:start + chunk], head.weight, head.bias, target[start:start + chunk])
+        args = (hidden[start:start + chunk], head.weight, head.bias, target[start:start + chunk], autocast_dtype)
         parts.append(checkpoint(_head_cross_entropy, *args, use_reentrant=False) if grad
                      else _head_cross_entropy(*args))
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(parts)
 
 
 class _HeadSkipped:
@@ -122,15 +129,21 @@ class _HeadSkipped:
 
     def __init__(self, head: Any) -> None:
         self.head = head
+        self.own = None
 
     def __enter__(self) -> None:
+        self.own = self.head.__dict__.get("forward")  # a forward set on the instance (e.g. by accelerate's hooks)
         self.head.forward = lambda hidden: hidden
 
     def __exit__(self, *exc: Any) -> None:
-        del self.head.forward  # the class's own forward again
+        if self.own is not None:
+            self.head.forward = self.own
+        else:
+            del self.head.forward  # the class's own forward again
 
 
-def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0) -> tuple[Any, int, Any]:
+def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0,
+                     autocast_dtype: Any = None) -> tuple[Any, int, Any]:
     """(summed cross-entropy, number of trained tokens, outputs), computed on the trained positions only.
 
     `inputs` holds input_ids, attention_mask, labels (unshifted, -100 where untrained), maybe the boolean
@@ -138,7 +151,8 @@ def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0) -> tuple[A
     positions onto the vocabulary; the result equals its own loss on full logits, tests check it) and
     maybe `loss_weights` (tag_loss_weight), which scale each trained token's loss. With `chunk_tokens` and
     a kept-positions mask, the head is applied `chunk_tokens` positions at a time (`chunked_cross_entropy`)
-    where `plain_output_head` allows it; `outputs.logits` is then None.
+    where `plain_output_head` allows it, under `autocast_dtype` when training in mixed precision; `outputs.logits`
+    is then None.
     """
     import torch.nn.functional as F
 
@@ -153,7 +167,7 @@ def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0) -> tuple[A
             outputs = model(**inputs)
         hidden = outputs.logits.reshape(-1, outputs.logits.shape[-1])
         outputs = type(outputs)(**{k: v for k, v in outputs.items() if k != "logits"})  # those were hidden states
-        losses = chunked_cross_entropy(hidden, head, target, chunk_tokens)
+        losses = chunked_cross_entropy(hidden, head, target, chunk_tokens, autocast_dtype)
     else:
         outputs = model(**inputs)
         if "logits_to_keep" in inputs:
@@ -178,11 +192,17 @@ def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleD
                 return super()._get_train_sampler(train_dataset)
             return LengthGroupedSampler(train.lengths, config.batch_size, seed=config.seed)
 
+        def _autocast_dtype(self) -> Any:
+            """The half dtype the Trainer's mixed precision runs the forward in (None: no mixed precision)."""
+            import torch
+
+            return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             if "logits_to_keep" not in inputs and "loss_weights" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            total, n, outputs = answer_only_loss(model, inputs, config.loss_chunk_tokens)
+            total, n, outputs = answer_only_loss(model, inputs, config.loss_chunk_tokens, self._autocast_dtype())
             # the same normalisation as Trainer.compute_loss with a model that takes num_items_in_batch
             if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                 loss = total / num_items_in_batch

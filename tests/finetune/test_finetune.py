@@ -375,6 +375,52 @@ def test_a_chunked_loss_gives_the_same_loss_and_gradients_as_the_whole_logits(ch
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-5)  # summation order only
 
 
+def test_the_chunked_loss_follows_mixed_precision_and_half_weights(tiny_llama_path):
+    """Under the Trainer's autocast the chunks run in the same half dtype; a bf16 head without autocast still works."""
+    import torch
+
+    from reflection_lab.finetune.data import PadToLongest, encode_rows
+    from reflection_lab.finetune.trainer import answer_only_loss, supports_logits_to_keep
+    from reflection_lab.format.chat import build_format
+    from reflection_lab.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_path)
+    exs, _ = encode_rows(tiny_rows(4, seed=5), build_format(tok, "chat"), tok, max_length=256)
+    batch = PadToLongest(tok.pad_token_id, keep_logits=True)(exs)
+    model = load_model(tiny_llama_path)
+    if not supports_logits_to_keep(model):
+        pytest.skip("this transformers takes no boolean logits_to_keep mask")
+    with torch.no_grad():
+        exact, n, _ = answer_only_loss(model, batch, 0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            whole, _, _ = answer_only_loss(model, batch, 0)
+            chunked, _, _ = answer_only_loss(model, batch, 7, torch.bfloat16)
+        half, _, _ = answer_only_loss(model.to(torch.bfloat16), batch, 7)  # no autocast, bf16 weights
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-2)
+    assert half.item() == pytest.approx(exact.item(), rel=2e-2)
+    assert chunked.item() == pytest.approx(exact.item(), rel=2e-2)
+
+
+def test_the_chunked_loss_of_no_trained_token_is_a_zero_with_a_graph_and_the_head_gets_its_forward_back():
+    import torch
+
+    from reflection_lab.finetune.trainer import _HeadSkipped, chunked_cross_entropy
+
+    head = torch.nn.Linear(4, 10, bias=False)
+    hidden = torch.zeros(0, 4, requires_grad=True)
+    loss = chunked_cross_entropy(hidden, head, torch.zeros(0, dtype=torch.long), 8).sum()
+    loss.backward()
+    assert loss.item() == 0.0 and hidden.grad is not None
+    x = torch.ones(1, 4)
+    with _HeadSkipped(head):
+        assert head(x) is x
+    assert head(x).shape == (1, 10) and "forward" not in head.__dict__
+    hooked = head.__dict__["forward"] = lambda h: h * 2  # an instance forward set by someone else stays
+    with _HeadSkipped(head):
+        assert head(x) is x
+    assert head.__dict__["forward"] is hooked
+
+
 def test_heads_with_a_wrapper_or_another_architecture_keep_the_models_own_projection(tiny_gpt2_path):
     from reflection_lab.finetune.trainer import plain_output_head
     from reflection_lab.models import load_model
