@@ -6,12 +6,13 @@ Run: ``python benchmarks/bench_train.py`` (tiny student, about a minute on 2 CPU
 Both arms use the same model, the same token ids and labels (prompt masked, answer + end marker
 trained), the same LoRA config (all linear layers, r=16), 4-bit NF4 unless ``--no-quant4``,
 gradient checkpointing, batch size, learning rate, seed and number of optimizer steps. They
-differ only in batching:
+differ in batching and in the LoRA factors' dtype:
 
 * lab: ``reflection_lab.finetune.run_finetune``: batches of similar length padded to their
-  longest member (``LengthGroupedSampler`` + ``PadToLongest``);
+  longest member (``LengthGroupedSampler`` + ``PadToLongest``); over a 4-bit base its LoRA factors are bf16
+  (``adapter_dtype="auto"``, as TRL's QLoRA path; ``--adapter-dtype float32`` for fp32);
 * baseline: every sample padded to the longest sample in the dataset, random order, transformers'
-  ``default_data_collator`` (what many notebooks do with ``padding="max_length"``);
+  ``default_data_collator`` (what many notebooks do with ``padding="max_length"``), peft's fp32 factors;
 * trl (when ``trl`` is installed): ``SFTTrainer`` with ``completion_only_loss`` on the same token ids, its own
   QLoRA path (``peft_config``) and the best padding the model supports (padding-free with FlashAttention, else
   padding to the batch's longest with length-grouped batches).
@@ -111,7 +112,7 @@ def _config(a: argparse.Namespace):
     return FinetuneConfig(student=a.model, method="qlora" if a.quant4 else "lora", max_steps=a.steps,
                           batch_size=a.batch_size, learning_rate=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                           max_length=a.max_length, eval_fraction=0.0, save_steps=10**6, seed=0,
-                          gradient_checkpointing=True, min_samples=1)
+                          gradient_checkpointing=True, min_samples=1, adapter_dtype=a.adapter_dtype)
 
 
 def arm_lab(a: argparse.Namespace) -> dict:
@@ -267,6 +268,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--no-quant4", dest="quant4", action="store_false", help="plain LoRA on a full-precision base")
+    ap.add_argument("--adapter-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="the lab's LoRA factors (auto: bf16 over a 4-bit base, as TRL's QLoRA path; float32 is the "
+                         "lab before that change)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per arm (0: torch's default). 1 by default: the tiny model gains nothing from "
                          "more, and on a shared 2-core machine two spinning OpenMP threads ran 5x slower")
@@ -301,6 +305,7 @@ def main() -> int:
     padded = (f"; baseline pads every sample to {results['baseline']['padded_to']} tokens"
               if "baseline" in results else "")
     print(f"model {a.model}, {'4-bit QLoRA' if a.quant4 else 'LoRA'}, {a.steps} steps x batch {a.batch_size}, "
+          f"lab's LoRA factors {a.adapter_dtype}, "
           f"torch threads {a.threads or 'default'}{padded}")
     for r in [results[arm] for arm in arms]:
         print(f"  {r['arm']:8s}  {r['tokens_per_s']:9.1f} real tokens/s  ({r['timed_tokens']} tokens in "

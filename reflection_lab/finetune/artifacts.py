@@ -125,7 +125,8 @@ def write_model_card(path: Path, *, config: FinetuneConfig, meta: dict, counts: 
                                           "target_modules", "max_length", "gradient_checkpointing", "seed")}
     lines += ["", "## Training",
               f"- Method: {config.method}" + (" (4-bit NF4 base, double quantisation, compute dtype "
-                                              f"{meta.get('compute_dtype')})" if config.method == 'qlora' else ""),
+                                              f"{meta.get('compute_dtype')})" if config.method == 'qlora' else "")
+              + (f"; LoRA factors in {meta['adapter_dtype']}" if meta.get("adapter_dtype") else ""),
               f"- Hyperparameters: `{json.dumps(hp, default=str)}`",
               f"- Steps: {counts['steps']} on {device} in {counts['train_seconds']:.0f} s"
               + (f" over two or more processes (resumed at step {counts['resumed_from_step']}; the last one "

@@ -192,6 +192,17 @@ def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleD
                 return super()._get_train_sampler(train_dataset)
             return LengthGroupedSampler(train.lengths, config.batch_size, seed=config.seed)
 
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            """Resume with the LoRA factors in the dtype they trained in: peft's `load_adapter` casts bf16
+            factors to fp32, and a resumed run would then follow another loss curve."""
+            from .model import cast_lora_factors, lora_factor_dtype
+
+            target = model if model is not None else self.model
+            dtype = lora_factor_dtype(target)
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            if dtype is not None:
+                cast_lora_factors(target, dtype)
+
         def _autocast_dtype(self) -> Any:
             """The half dtype the Trainer's mixed precision runs the forward in (None: no mixed precision)."""
             import torch

@@ -10,6 +10,7 @@ import pytest
 from finetune_helpers import losses, make_selected_run, one_thread, tiny_rows
 from reflection_lab.finetune import (FinetuneConfig, FinetuneDataError, FinetuneOOMError, load_finetuned, run_finetune,
                                      training_format)
+from reflection_lab.core.config import ConfigError
 from reflection_lab.finetune.model import keep_4bit_weights_trainable
 from reflection_lab.core.runs import read_jsonl, sha256_path
 
@@ -47,8 +48,14 @@ def test_qlora_run_writes_a_complete_stage(trained):
     assert "before" in m["memory"] and "peak_rss_gib" in m["memory"]["after"]
     assert m["format"]["template"] == "chat" and m["format"]["end_text"] == "<|end|>"
     card = run.path("finetune", "MODEL_CARD.md").read_text()
-    for needle in ("tiny-llama", "qlora", "4-bit NF4", "Train loss", "## Limitations", "27 train / 3 eval"):
+    for needle in ("tiny-llama", "qlora", "4-bit NF4", "Train loss", "## Limitations", "27 train / 3 eval",
+                   "LoRA factors in bfloat16"):
         assert needle in card
+    assert m["model"]["adapter_dtype"] == "bfloat16"  # over a 4-bit base on a CPU, as TRL's QLoRA path
+    import torch
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(adapter / "adapter_model.safetensors")).values()} == {torch.bfloat16}
     assert (run.path("finetune", "checkpoints") / "checkpoint-8").is_dir()
 
 
@@ -166,6 +173,31 @@ def test_plain_lora_and_full_fine_tune(tmp_path, tiny_llama_path, method):
     model, tok = load_finetuned(run)
     assert not any(type(mod).__name__ == "Linear4bit" for mod in model.modules())
     assert (type(model).__name__ == "PeftModelForCausalLM") == (method == "lora")
+
+
+def test_the_lora_factors_dtype_follows_the_base_and_the_device():
+    qlora, lora = FinetuneConfig(method="qlora"), FinetuneConfig(method="lora")
+    assert qlora.resolved_adapter_dtype("float32") == "bfloat16"  # a CPU
+    assert qlora.resolved_adapter_dtype("bfloat16") == "bfloat16"  # Ampere and newer
+    assert qlora.resolved_adapter_dtype("float16") == "float32"  # a T4: the fp16 scaler wants fp32 weights
+    assert lora.resolved_adapter_dtype("float32") == lora.resolved_adapter_dtype("bfloat16") == "float32"
+    assert FinetuneConfig(method="qlora", adapter_dtype="float32").resolved_adapter_dtype("float32") == "float32"
+    with pytest.raises(ConfigError, match="adapter_dtype"):
+        FinetuneConfig(adapter_dtype="fp8")
+
+
+def test_fp32_factors_over_a_4bit_base_when_asked(tmp_path, tiny_llama_path):
+    import torch
+
+    run = make_selected_run(tmp_path / "run", tiny_rows(12))
+    m = run_finetune(run, FinetuneConfig(max_steps=2, eval_fraction=0, adapter_dtype="float32", **FAST), progress=False)
+    assert m["status"] == "complete" and m["model"]["adapter_dtype"] == "float32"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run.path("finetune", "adapter") / "adapter_model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    model, _ = load_finetuned(run)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_A" in n} == {torch.float32}
 
 
 def test_merge_writes_fp16_weights_that_match_the_adapter(tmp_path, tiny_llama_path):
