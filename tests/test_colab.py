@@ -17,6 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from notebook_run import once_more_if_a_reply_is_lost
+
 from reflection_lab.core.runs import Run
 from reflection_lab.notebook import (colab_install, colab_requirements, drive_run_dir, ensure_stages,
                                      missing_requirements, notebook_params)
@@ -150,10 +152,14 @@ def test_drive_keeps_the_run_where_every_notebook_finds_it(colab_stand_in, monke
 def _execute_alone(path: Path, folder: Path, timeout: int) -> float:
     from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
+    def execute() -> None:
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(folder)}})
+        client.execute()
+
     t0 = time.perf_counter()
-    client.execute()
+    once_more_if_a_reply_is_lost(execute, path.name, timeout)
     return time.perf_counter() - t0
 
 
