@@ -153,6 +153,7 @@ def test_notebooks_execute_in_order(tmp_path, monkeypatch, request):
     timings: dict[str, float] = {}
     cpu_seconds: dict[str, float | None] = {}
     t_all = time.perf_counter()
+
     def execute(path: Path) -> tuple[Any, str | None, float | None]:
         """The executed notebook, the first failing cell's message (None: all ran) and the kernel's CPU seconds."""
         nb = _read(path)
