@@ -79,13 +79,15 @@ def answer(run: Run, prof: Profile, trained: dict, decode: dict) -> dict:
     budget = decode.get("max_new_tokens", prof.max_new_tokens)
     penalty = decode.get("repetition_penalty")
     stop = ("</output>",) if decode.get("stop", True) else ()
-    preset = SamplingPreset(f"greedy-rp{penalty}-stop{len(stop)}", repetition_penalty=penalty, stop=stop)
+    guard = decode.get("loop_guard", 0)
+    preset = SamplingPreset(f"greedy-rp{penalty}-stop{len(stop)}-guard{guard}", repetition_penalty=penalty,
+                            stop=stop, loop_guard=guard)
     t0 = time.perf_counter()
     quant4 = decode.get("quant4")  # None: as trained (4-bit for QLoRA); false: over that base dequantized
     inf = run_infer(run, InferConfig.from_profile(prof, preset=preset, max_new_tokens=budget, quant4=quant4),
                     force=True, progress=False)
     c, n = inf["counts"], inf["counts"]["prompts"]
-    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop),
+    return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop), "loop_guard": guard,
             "answer_quant4": quant4,
             "infer_s": round(time.perf_counter() - t0, 1), "prompts": n,
             "well_formed_share": c["well_formed_share"],

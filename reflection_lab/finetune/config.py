@@ -56,6 +56,8 @@ class FinetuneConfig(StageConfig):
     # where the Trainer's fp16 scaler wants fp32 weights); fp32 over a full-precision base
     adapter_dtype: str = "auto"
     tags_as_special_tokens: bool = False
+    # the six tag rows' learning rate as a multiple of learning_rate (only with tags_as_special_tokens)
+    tag_rows_lr_scale: float = 1.0
     template: str = "chat"  # the chat template, or the '### Instruction' fallback when a model has none
     # the loss of each Reflection-tag token and of the end-of-turn marker times this (1: the plain loss);
     # the evaluation loss is weighted the same way
@@ -101,6 +103,8 @@ class FinetuneConfig(StageConfig):
             raise ConfigError(f"FinetuneConfig.loss_chunk_tokens must be 0 (off) or more, not {self.loss_chunk_tokens}")
         if not self.tag_loss_weight > 0:
             raise ConfigError(f"FinetuneConfig.tag_loss_weight must be above 0, not {self.tag_loss_weight}")
+        if not self.tag_rows_lr_scale > 0:
+            raise ConfigError(f"FinetuneConfig.tag_rows_lr_scale must be above 0, not {self.tag_rows_lr_scale}")
         if self.report_to not in REPORTERS:
             raise ConfigError(f"FinetuneConfig.report_to must be one of {REPORTERS}, not {self.report_to!r}")
         if self.adapter_dtype not in ADAPTER_DTYPES:

@@ -180,6 +180,24 @@ def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0,
     return losses.sum(), int(target.numel()), outputs
 
 
+def give_tag_rows_their_own_lr(optimizer: Any, model: Any, scale: float) -> None:
+    """Move the trained tag-token rows into a param group of their own at `scale` x the learning rate.
+
+    Why: the six new rows start close together (each the mean of its spelling's rows), and at the LoRA
+    learning rate 40 steps moved them too little to tell `<output>` from `</output>` (docs/finetune.md).
+    Call before the scheduler is built, so it takes this group's rate as its base.
+    """
+    rows = {id(p) for name, p in model.named_parameters() if p.requires_grad and "trainable_tokens_delta" in name}
+    if not rows:
+        return
+    moved = []
+    for group in optimizer.param_groups:
+        moved += [p for p in group["params"] if id(p) in rows]
+        group["params"] = [p for p in group["params"] if id(p) not in rows]
+    lr = optimizer.defaults["lr"] * scale
+    optimizer.add_param_group({"params": moved, "lr": lr, "weight_decay": 0.0})
+
+
 def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleDataset | None, collator: Any,
                   config: FinetuneConfig, callbacks: list) -> Any:
     from transformers import Trainer
@@ -202,6 +220,13 @@ def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleD
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             if dtype is not None:
                 cast_lora_factors(target, dtype)
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            optimizer = super().create_optimizer(model)
+            if config.tag_rows_lr_scale != 1.0:
+                give_tag_rows_their_own_lr(optimizer, self.model if model is None else model,
+                                           config.tag_rows_lr_scale)
+            return optimizer
 
         def _autocast_dtype(self) -> Any:
             """The half dtype the Trainer's mixed precision runs the forward in (None: no mixed precision)."""

@@ -110,6 +110,33 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class AnswerLoopGuard:
+    """A logits processor: a run of `n` tokens the answer already holds may not be written a second time.
+
+    Why: greedy decoding of a small model can fall into a loop that repeats one sentence to the token
+    budget. transformers' `no_repeat_ngram_size` also counts the prompt, so it would forbid quoting the
+    question's code; this looks only at the answer (ids after `prompt_width`, the left-padded prompts' width).
+    """
+
+    def __init__(self, n: int, prompt_width: int):
+        self.n, self.width = n, prompt_width
+
+    def banned(self, answer: list[int]) -> set[int]:
+        """The tokens that would complete a second copy of an n-token run of `answer`."""
+        k = self.n - 1
+        if len(answer) < self.n:
+            return set()
+        tail = answer[-k:] if k else []
+        return {answer[i + k] for i in range(len(answer) - k) if answer[i:i + k] == tail}
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for row, ids in enumerate(input_ids[:, self.width:].tolist()):
+            ban = sorted(self.banned(ids))
+            if ban:
+                scores[row, ban] = float("-inf")
+        return scores
+
+
 class LocalStream(TextStream):
     """Runs `generate` in a worker thread and yields its text chunks; leaving early cancels it."""
 
@@ -295,6 +322,10 @@ class LocalModel:
             torch.manual_seed(preset.seed)
         if preset.stop:  # a row ends once its text holds a stop text; `decode` cuts there
             extra.update(stop_strings=list(preset.stop), tokenizer=self.tokenizer)
+        if preset.loop_guard:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([AnswerLoopGuard(preset.loop_guard, width)])
         with torch.no_grad():
             out = self.lm.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                       eos_token_id=sorted(self.policy.stop_ids) or None, pad_token_id=pad,

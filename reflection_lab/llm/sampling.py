@@ -22,6 +22,10 @@ class SamplingPreset:
     # complete at "</output>", and a small student that has learned the format only partly tends to start
     # a second <thinking> block after it instead of its end-of-turn token
     stop: tuple[str, ...] = (END_OF_ANSWER,)
+    # a run of this many tokens the answer already holds may not be written again (0: off); stops greedy
+    # loops without forbidding the quotes of the prompt that transformers' no_repeat_ngram_size forbids.
+    # Local models only: an OpenAI-compatible server has no such option.
+    loop_guard: int = 0
     note: str = ""
 
     @property
@@ -40,6 +44,9 @@ class SamplingPreset:
 
     def openai_kwargs(self) -> dict[str, Any]:
         """Arguments for an OpenAI-compatible chat completion."""
+        if self.loop_guard:
+            raise ValueError(f"preset {self.name!r} has loop_guard={self.loop_guard}, which only a local model "
+                             "applies; an OpenAI-compatible server has no such option: use loop_guard=0 there")
         kw: dict[str, Any] = {"temperature": max(0.0, self.temperature), "top_p": self.top_p}
         if not self.greedy and self.seed is not None:
             kw["seed"] = self.seed

@@ -473,3 +473,43 @@ def test_training_arguments_switch_checkpointing_on_without_a_deprecated_name(tm
             args = training_args(FinetuneConfig(gradient_checkpointing=enabled), tmp_path, pick_device(), False)
         assert args.gradient_checkpointing is enabled  # the old name mirrors the new one where both exist
         assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_tag_rows_lr_scale_reaches_the_training(tmp_path):
+    """The same run with the tag rows at 20x the rate ends with other tag rows (the option is not ignored)."""
+    from safetensors import safe_open
+
+    def tag_rows(scale: float):
+        run = make_selected_run(tmp_path / f"run{scale}", tiny_rows(16, seed=1))
+        cfg = FinetuneConfig(max_steps=3, eval_fraction=0, tags_as_special_tokens=True, tag_rows_lr_scale=scale,
+                             **{**FAST, "learning_rate": 1e-3})
+        run_finetune(run, cfg, progress=False)
+        with safe_open(str(run.path("finetune", "adapter") / "adapter_model.safetensors"), "pt") as f:
+            return next(f.get_tensor(k) for k in f.keys() if "trainable_tokens_delta" in k)
+
+    import torch
+
+    once, again, scaled = tag_rows(1.0), tag_rows(1), tag_rows(20.0)
+    assert torch.equal(once, again)  # the run is deterministic, so a difference below comes from the scale
+    assert not torch.equal(once, scaled)
+
+
+def test_tag_rows_lr_scale_group(tmp_path):
+    """Only the trainable_tokens_delta parameters leave the default groups, and none is left behind twice."""
+    import torch
+
+    from reflection_lab.finetune.trainer import give_tag_rows_their_own_lr
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trainable_tokens_delta = torch.nn.Parameter(torch.zeros(2, 3))
+            self.lora_A = torch.nn.Parameter(torch.zeros(3, 3))
+
+    net = Net()
+    opt = torch.optim.AdamW([{"params": list(net.parameters()), "weight_decay": 0.01}], lr=1e-3)
+    give_tag_rows_their_own_lr(opt, net, 30.0)
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
+    assert opt.param_groups[0]["params"][0] is net.lora_A
+    assert opt.param_groups[1]["params"][0] is net.trainable_tokens_delta
+    assert opt.param_groups[1]["lr"] == pytest.approx(3e-2) and opt.param_groups[1]["weight_decay"] == 0.0

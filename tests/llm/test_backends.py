@@ -323,3 +323,45 @@ def test_a_scripted_model_ends_at_the_stop_text_like_a_model_would():
     gen = script.generate("q")
     assert gen.text.endswith("</output>") and "more" not in gen.text and gen.finish_reason == "stop"
     assert "more" in script.generate("q", preset=dataclasses.replace(PRESETS["greedy"], stop=())).text
+
+
+def test_answer_loop_guard_bans_a_second_copy_of_an_answer_run_but_not_a_quote_of_the_prompt():
+    import torch
+
+    from reflection_lab.llm.local import AnswerLoopGuard
+
+    guard = AnswerLoopGuard(3, prompt_width=3)
+    scores = torch.zeros(2, 12)
+    ids = torch.tensor([[7, 8, 9, 7, 8, 9, 1, 7, 8],   # the answer wrote 7 8 9 once: a second 9 after 7 8 is banned
+                        [0, 7, 8, 9, 7, 8, 1, 2, 3]])  # 7 8 9 is only in the prompt: quoting it stays allowed
+    out = guard(ids, scores.clone())
+    assert torch.isinf(out[0, 9]) and torch.isfinite(out[0]).sum() == 11
+    assert torch.isfinite(out[1]).all()
+    assert AnswerLoopGuard(2, 0).banned([4, 5, 4]) == {5} and AnswerLoopGuard(2, 0).banned([4]) == set()
+
+
+def test_loop_guard_leaves_no_repeated_run_in_a_greedy_answer(tiny_llama_path):
+    from reflection_lab.llm.sampling import SamplingPreset
+
+    t = LocalModel.from_spec(tiny_llama_path, system_prompt=None)
+    prompts = [t.encode(p) for p in PROMPTS[:2]]
+
+    def answers(guard: int) -> list[list[int]]:
+        out, width = t._generate(prompts, SamplingPreset("g", stop=(), loop_guard=guard), 40)
+        rows = [row[width:] for row in out.tolist()]
+        return [row[:min([i for i, x in enumerate(row) if x in t.policy.stop_ids] or [len(row)])] for row in rows]
+
+    def repeats(ids: list[int], n: int) -> int:
+        runs = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+        return len(runs) - len(set(runs))
+
+    assert any(repeats(a, 4) for a in answers(0))  # control: this random model loops without the guard
+    assert all(repeats(a, 4) == 0 for a in answers(4))
+
+
+def test_an_endpoint_refuses_a_loop_guard_it_cannot_apply():
+    from reflection_lab.llm.sampling import SamplingPreset
+
+    with pytest.raises(ValueError, match="loop_guard"):
+        SamplingPreset("g", loop_guard=8).openai_kwargs()
+    assert SamplingPreset("g").openai_kwargs()["temperature"] == 0.0
