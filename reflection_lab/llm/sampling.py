@@ -22,11 +22,15 @@ class SamplingPreset:
     # complete at "</output>", and a small student that has learned the format only partly tends to start
     # a second <thinking> block after it instead of its end-of-turn token
     stop: tuple[str, ...] = (END_OF_ANSWER,)
-    # a run of this many tokens the answer already holds may not be written again (0: off); stops greedy
-    # loops without forbidding the quotes of the prompt that transformers' no_repeat_ngram_size forbids.
+    # a run of this many tokens the answer already holds may not be written again (0: off): breaks the exact
+    # repeats of a greedy loop, but not the prompt's quotes that transformers' no_repeat_ngram_size forbids.
     # Local models only: an OpenAI-compatible server has no such option.
     loop_guard: int = 0
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.loop_guard < 0:
+            raise ValueError(f"preset {self.name!r}: loop_guard must be 0 (off) or a run length, not {self.loop_guard}")
 
     @property
     def greedy(self) -> bool:

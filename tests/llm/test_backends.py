@@ -365,3 +365,5 @@ def test_an_endpoint_refuses_a_loop_guard_it_cannot_apply():
     with pytest.raises(ValueError, match="loop_guard"):
         SamplingPreset("g", loop_guard=8).openai_kwargs()
     assert SamplingPreset("g").openai_kwargs()["temperature"] == 0.0
+    with pytest.raises(ValueError, match="loop_guard must be 0"):
+        SamplingPreset("g", loop_guard=-1)
