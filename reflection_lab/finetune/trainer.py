@@ -221,9 +221,11 @@ def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleD
             if dtype is not None:
                 cast_lora_factors(target, dtype)
 
-        def create_optimizer(self, model: Any = None) -> Any:
-            optimizer = super().create_optimizer(model)
+        def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+            # transformers at the declared floor takes no `model` argument here; later ones take one
+            optimizer = super().create_optimizer(*args, **kwargs)
             if config.tag_rows_lr_scale != 1.0:
+                model = args[0] if args else kwargs.get("model")
                 give_tag_rows_their_own_lr(optimizer, self.model if model is None else model,
                                            config.tag_rows_lr_scale)
             return optimizer
