@@ -14,7 +14,8 @@ share with a `<reflection>` block. These lines are what docs/finetune.md records
 A setting is a JSON object: "name", any Profile field that shapes the training (max_steps, learning_rate,
 lora_r, lora_alpha, tags_as_special_tokens, train_system_prompt, tag_loss_weight, ...), "finetune": {FinetuneConfig
 fields without a profile field, e.g. "eval_fraction": 0} and "decodes": a list of
-{"max_new_tokens": N, "repetition_penalty": P, "stop": false, "quant4": false} to answer with after that one
+{"max_new_tokens": N, "repetition_penalty": P, "stop": false, "quant4": false, "loop_guard": N,
+"temperature": T, "top_p": P, "top_k": K, "seed": S} to answer with after that one
 training (default: the profile's budget, greedy, ending at "</output>"; "stop": false generates on to the
 end-of-turn token or the budget; "quant4": false answers with the adapter over the 4-bit base dequantized, the
 same weights in full precision, now also the default on a CPU; see docs/finetune.md).
@@ -75,19 +76,22 @@ def trial(prepared: Run, root: Path, profile: Profile, setting: dict) -> list[di
 
 
 def answer(run: Run, prof: Profile, trained: dict, decode: dict) -> dict:
-    """Greedy answers to the held-out prompts with one token budget and repetition penalty."""
+    """Answers to the held-out prompts with one decoding (greedy unless it sets a temperature)."""
     budget = decode.get("max_new_tokens", prof.max_new_tokens)
     penalty = decode.get("repetition_penalty")
     stop = ("</output>",) if decode.get("stop", True) else ()
     guard = decode.get("loop_guard", 0)
-    preset = SamplingPreset(f"greedy-rp{penalty}-stop{len(stop)}-guard{guard}", repetition_penalty=penalty,
-                            stop=stop, loop_guard=guard)
+    temperature, top_p, seed = decode.get("temperature", 0.0), decode.get("top_p", 1.0), decode.get("seed", 0)
+    preset = SamplingPreset(f"t{temperature}-p{top_p}-s{seed}-rp{penalty}-stop{len(stop)}-guard{guard}",
+                            temperature=temperature, top_p=top_p, top_k=decode.get("top_k"), seed=seed,
+                            repetition_penalty=penalty, stop=stop, loop_guard=guard)
     t0 = time.perf_counter()
     quant4 = decode.get("quant4")  # None: as trained (4-bit for QLoRA); false: over that base dequantized
     inf = run_infer(run, InferConfig.from_profile(prof, preset=preset, max_new_tokens=budget, quant4=quant4),
                     force=True, progress=False)
     c, n = inf["counts"], inf["counts"]["prompts"]
     return {**trained, "max_new_tokens": budget, "repetition_penalty": penalty, "stop": list(stop), "loop_guard": guard,
+            "temperature": temperature, "top_p": top_p, "top_k": preset.top_k, "sampling_seed": seed,
             "answer_quant4": quant4,
             "infer_s": round(time.perf_counter() - t0, 1), "prompts": n,
             "well_formed_share": c["well_formed_share"],

@@ -52,6 +52,8 @@ class Profile:
     # "reflection" the lab's message that names the tags (format.chat.REFLECTION_PROMPT), or literal text
     train_system_prompt: str | None = None
     tag_loss_weight: float = 1.0  # the loss on Reflection-tag tokens and the end marker times this (1: plain)
+    # inside <output>, the loss also pushes down the token that would open a new tag, times this (0: off)
+    open_tag_unlikelihood: float = 0.0
     gradient_checkpointing: bool = True  # less memory, about a third more compute per step
     report_to: str = "none"  # training logs also to "tensorboard", "trackio" or "wandb" (when installed)
     merge: bool = False  # also write merged fp16 weights to 05_finetune/merged/
@@ -87,6 +89,8 @@ class Profile:
             raise bad("learning_rate", "must be above 0")
         if not self.tag_loss_weight > 0:
             raise bad("tag_loss_weight", "must be above 0")
+        if not self.open_tag_unlikelihood >= 0:
+            raise bad("open_tag_unlikelihood", "must be 0 (off) or more")
         if not 0 <= self.lora_dropout < 1:
             raise bad("lora_dropout", "must be in [0, 1)")
         if self.dtype not in DTYPES:

@@ -122,7 +122,8 @@ def write_model_card(path: Path, *, config: FinetuneConfig, meta: dict, counts: 
     lines += [f"- Note: {n}" for n in fmt.notes]
     hp = {k: getattr(config, k) for k in ("method", "max_steps", "batch_size", "grad_accum", "learning_rate",
                                           "lr_scheduler", "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout",
-                                          "target_modules", "max_length", "gradient_checkpointing", "seed")}
+                                          "target_modules", "max_length", "gradient_checkpointing",
+                                          "tag_loss_weight", "open_tag_unlikelihood", "seed")}
     lines += ["", "## Training",
               f"- Method: {config.method}" + (" (4-bit NF4 base, double quantisation, compute dtype "
                                               f"{meta.get('compute_dtype')})" if config.method == 'qlora' else "")

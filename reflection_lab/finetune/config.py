@@ -62,6 +62,9 @@ class FinetuneConfig(StageConfig):
     # the loss of each Reflection-tag token and of the end-of-turn marker times this (1: the plain loss);
     # the evaluation loss is weighted the same way
     tag_loss_weight: float = 1.0
+    # inside <output>, the loss also pushes down the token that opens a tag, times this (0: off): the small
+    # students' usual slip is a second <output> or a <thinking> where </output> belongs (docs/finetune.md)
+    open_tag_unlikelihood: float = 0.0
     system_prompt: str | None = None  # None: the model's default; "reflection", "none" or literal text
     max_length: int = 1024
     overflow: str = "truncate"  # an answer over max_length: "truncate" it or "drop" the sample
@@ -89,6 +92,7 @@ class FinetuneConfig(StageConfig):
                     learning_rate=profile.learning_rate, lora_r=profile.lora_r, lora_alpha=profile.lora_alpha,
                     lora_dropout=profile.lora_dropout, tags_as_special_tokens=profile.tags_as_special_tokens,
                     system_prompt=profile.train_system_prompt, tag_loss_weight=profile.tag_loss_weight,
+                    open_tag_unlikelihood=profile.open_tag_unlikelihood,
                     gradient_checkpointing=profile.gradient_checkpointing,
                     template=profile.template, max_length=profile.max_length, seed=profile.seed,
                     dtype=profile.dtype, device=profile.device, merge=profile.merge, report_to=profile.report_to)
@@ -103,6 +107,9 @@ class FinetuneConfig(StageConfig):
             raise ConfigError(f"FinetuneConfig.loss_chunk_tokens must be 0 (off) or more, not {self.loss_chunk_tokens}")
         if not self.tag_loss_weight > 0:
             raise ConfigError(f"FinetuneConfig.tag_loss_weight must be above 0, not {self.tag_loss_weight}")
+        if not self.open_tag_unlikelihood >= 0:
+            raise ConfigError(f"FinetuneConfig.open_tag_unlikelihood must be 0 (off) or more, "
+                              f"not {self.open_tag_unlikelihood}")
         if not self.tag_rows_lr_scale > 0:
             raise ConfigError(f"FinetuneConfig.tag_rows_lr_scale must be above 0, not {self.tag_rows_lr_scale}")
         if self.report_to not in REPORTERS:

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 from ..format.chat import TrainingFormat
-from ..format.tags import REFLECTION_TAGS
+from ..format.tags import OUTPUT, REFLECTION_TAGS
+
+OUTPUT_OPEN, OUTPUT_CLOSE = f"<{OUTPUT}>", f"</{OUTPUT}>"
 
 # --- examples ----------------------------------------------------------------------------------------
 
@@ -59,17 +61,49 @@ def tag_token_mask(tokenizer: Any, answer: str) -> tuple[list[int], list[bool]]:
     return list(enc["input_ids"]), in_tag
 
 
+def output_block_marks(tokenizer: Any, answer: str) -> tuple[list[int], list[bool], list[int]]:
+    """(answer ids, True for each token predicted inside the `<output>` block, the ids that open a tag).
+
+    The marked tokens run from the first one after `<output>` up to and including the first token of its
+    `</output>`: at each of them a well-formed answer never starts a new tag. The opening ids are the first
+    tokens of this answer's opening tags, less any that also starts a closing tag (a tokenizer that splits
+    `</` into `<` and `/` gives none, and then nothing is pushed down).
+    """
+    enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+
+    def first_ids(tags: list[str]) -> set[int]:
+        starts = {m.start() for tag in tags for m in re.finditer(re.escape(tag), answer)}
+        return {ids[i] for i, (a, b) in enumerate(offsets) if any(a <= s < b for s in starts)}
+
+    opening = [t for t in REFLECTION_TAGS if not t.startswith("</")]
+    closing = [t for t in REFLECTION_TAGS if t.startswith("</")]
+    openers = sorted(first_ids(opening) - first_ids(closing))
+    start = answer.find(OUTPUT_OPEN)
+    end = answer.find(OUTPUT_CLOSE, start + 1) if start >= 0 else -1
+    if start < 0 or end < 0:
+        return ids, [False] * len(ids), openers
+    begin = start + len(OUTPUT_OPEN)
+    return ids, [begin <= a <= end for a, _ in offsets], openers
+
+
 def encode_example(fmt: TrainingFormat, tokenizer: Any, instruction: str, input: str, answer: str,
                    max_length: int, overflow: str = "truncate",
-                   tag_weight: float = 1.0) -> tuple[dict | None, str | None, bool]:
+                   tag_weight: float = 1.0, open_tag_unlikelihood: float = 0.0) -> tuple[dict | None, str | None, bool]:
     """(example, drop reason, truncated). Labels cover exactly the answer ids plus the end marker.
 
     tag_weight != 1 adds `weights`: the loss of each tag token and of the end marker is multiplied by it
     (1 for the other answer tokens), so a short run spends more of its gradient on the structure.
+    open_tag_unlikelihood > 0 adds `ban_mask` (1 where a token is predicted inside the `<output>` block) and
+    `ban_ids` (the tokens that open a tag): the loss then also pushes those tokens down there.
     """
     if not answer.strip():
         return None, "empty answer", False
     prompt = fmt.prompt_ids(tokenizer, instruction, input)
+    in_output: list[bool] = []
+    openers: list[int] = []
+    if open_tag_unlikelihood > 0:
+        _, in_output, openers = output_block_marks(tokenizer, answer)
     if tag_weight != 1.0:
         answer_ids, in_tag = tag_token_mask(tokenizer, answer)
     else:
@@ -90,11 +124,16 @@ def encode_example(fmt: TrainingFormat, tokenizer: Any, instruction: str, input:
     if tag_weight != 1.0:
         marks = (in_tag + [True] * len(fmt.end_ids))[:len(target)]
         example["weights"] = [0.0] * len(prompt) + [tag_weight if m else 1.0 for m in marks]
+    if open_tag_unlikelihood > 0:
+        marks = (in_output + [False] * len(fmt.end_ids))[:len(target)]
+        example["ban_mask"] = [0] * len(prompt) + [int(m and bool(openers)) for m in marks]
+        example["ban_ids"] = openers
     return example, None, truncated
 
 
 def encode_rows(rows: Sequence[dict], fmt: TrainingFormat, tokenizer: Any, *, max_length: int,
-                overflow: str = "truncate", tag_weight: float = 1.0) -> tuple[list[dict], EncodeReport]:
+                overflow: str = "truncate", tag_weight: float = 1.0,
+                open_tag_unlikelihood: float = 0.0) -> tuple[list[dict], EncodeReport]:
     """Encode selected rows ({id, instruction, input, output}) into training examples, with a report."""
     if overflow not in ("truncate", "drop"):
         raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
@@ -103,7 +142,8 @@ def encode_rows(rows: Sequence[dict], fmt: TrainingFormat, tokenizer: Any, *, ma
     for row in rows:
         sid = str(row.get("id", len(out)))
         ex, reason, truncated = encode_example(fmt, tokenizer, row.get("instruction", ""), row.get("input", "") or "",
-                                               row.get("output", "") or "", max_length, overflow, tag_weight)
+                                               row.get("output", "") or "", max_length, overflow, tag_weight,
+                                               open_tag_unlikelihood)
         if ex is None:
             report.drop(reason or "unknown", sid)
             continue
@@ -166,6 +206,13 @@ class PadToLongest:
             for r, f in enumerate(features):
                 weights[r, :len(f["weights"])] = torch.tensor(f["weights"], dtype=torch.float32)
             batch["loss_weights"] = weights
+        if "ban_mask" in features[0]:
+            batch["ban_mask"] = torch.zeros((len(features), longest), dtype=torch.bool)
+            batch["ban_ids"] = torch.full((len(features), max(1, *(len(f["ban_ids"]) for f in features))), -1,
+                                          dtype=torch.long)
+            for r, f in enumerate(features):
+                batch["ban_mask"][r, :len(f["ban_mask"])] = torch.tensor(f["ban_mask"], dtype=torch.bool)
+                batch["ban_ids"][r, :len(f["ban_ids"])] = torch.tensor(f["ban_ids"], dtype=torch.long)
         if self.keep_logits:
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100

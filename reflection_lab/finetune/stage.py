@@ -114,7 +114,8 @@ def _encode(rows: list[dict], config: FinetuneConfig, select_m: dict
     fmt = build_format(tok, config.template, system_prompt=system_prompt_text(config.system_prompt),
                        tags_as_special_tokens=config.tags_as_special_tokens)
     train_rows, eval_rows = split_train_eval(rows, config.eval_fraction, config.seed)
-    encode = dict(max_length=config.max_length, overflow=config.overflow, tag_weight=config.tag_loss_weight)
+    encode = dict(max_length=config.max_length, overflow=config.overflow, tag_weight=config.tag_loss_weight,
+                  open_tag_unlikelihood=config.open_tag_unlikelihood)
     train_ex, report = encode_rows(train_rows, fmt, tok, **encode)
     eval_ex, eval_report = encode_rows(eval_rows, fmt, tok, **encode)
     report.rows += eval_report.rows

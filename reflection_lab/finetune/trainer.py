@@ -92,7 +92,29 @@ def plain_output_head(model: Any) -> Any:
     return head
 
 
-def _head_cross_entropy(hidden: Any, weight: Any, bias: Any, target: Any, autocast_dtype: Any) -> Any:
+def token_losses(logits: Any, target: Any, ban_ids: Any = None) -> Any:
+    """Per-token cross-entropy; with `ban_ids` ((tokens, k) ids, -1 for none) a (tokens, 2) tensor whose second
+    column is the unlikelihood -log(1 - p), p the probability the model puts on those ids together.
+
+    Unlikelihood training (Welleck et al., 2019) pushes chosen wrong tokens down directly, where cross-entropy
+    only pulls the right one up. A position whose own target is one of the ids gets 0 there.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    ce = F.cross_entropy(logits, target, reduction="none")
+    if ban_ids is None:
+        return ce
+    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
+    banned = (logits.gather(1, ban_ids.clamp(min=0)) - log_z).exp() * (ban_ids >= 0)
+    banned = banned * (ban_ids != target[:, None])  # "<" written as text where it belongs is no error
+    p = banned.sum(-1).clamp(max=1 - 1e-6)
+    return torch.stack([ce, -torch.log1p(-p)], dim=-1)
+
+
+def _head_token_losses(hidden: Any, weight: Any, bias: Any, target: Any, autocast_dtype: Any,
+                       ban_ids: Any = None) -> Any:
     import torch
     import torch.nn.functional as F
 
@@ -100,11 +122,13 @@ def _head_cross_entropy(hidden: Any, weight: Any, bias: Any, target: Any, autoca
     # forward, gets the same. Without autocast the hidden states take the head's dtype (a bf16 `lora` base).
     with torch.autocast(hidden.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = F.linear(hidden if autocast_dtype else hidden.to(weight.dtype), weight, bias)
-    return F.cross_entropy(logits.float(), target, reduction="none")
+    return token_losses(logits, target, ban_ids)
 
 
-def chunked_cross_entropy(hidden: Any, head: Any, target: Any, chunk: int, autocast_dtype: Any = None) -> Any:
-    """Per-token cross-entropy of `head(hidden)` against `target`, `chunk` rows at a time.
+def chunked_cross_entropy(hidden: Any, head: Any, target: Any, chunk: int, autocast_dtype: Any = None,
+                          ban_ids: Any = None) -> Any:
+    """Per-token cross-entropy of `head(hidden)` against `target`, `chunk` rows at a time (with `ban_ids`, the
+    (tokens, 2) losses of `token_losses`).
 
     Why: at SmolLM2's 49,152-token vocabulary one batch's answer logits, their softmax and its gradient are
     three (tokens x vocabulary) fp32 tensors, about 2.4 GB for 4,000 tokens. With gradients on, each chunk is
@@ -113,14 +137,16 @@ def chunked_cross_entropy(hidden: Any, head: Any, target: Any, chunk: int, autoc
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    if hidden.shape[0] == 0:
-        return hidden[:, 0].float() * 0.0  # no trained token: a zero loss that still has a graph
+    if hidden.shape[0] == 0:  # no trained token: a zero loss that still has a graph
+        zero = hidden[:, 0].float() * 0.0
+        return zero if ban_ids is None else torch.stack([zero, zero], dim=-1)
     grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
     parts = []
     for start in range(0, hidden.shape[0], chunk):
-        args = (hidden[start:start + chunk], head.weight, head.bias, target[start:start + chunk], autocast_dtype)
-        parts.append(checkpoint(_head_cross_entropy, *args, use_reentrant=False) if grad
-                     else _head_cross_entropy(*args))
+        bans = None if ban_ids is None else ban_ids[start:start + chunk]
+        args = (hidden[start:start + chunk], head.weight, head.bias, target[start:start + chunk], autocast_dtype, bans)
+        parts.append(checkpoint(_head_token_losses, *args, use_reentrant=False) if grad
+                     else _head_token_losses(*args))
     return torch.cat(parts)
 
 
@@ -142,8 +168,8 @@ class _HeadSkipped:
             del self.head.forward  # the class's own forward again
 
 
-def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0,
-                     autocast_dtype: Any = None) -> tuple[Any, int, Any]:
+def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0, autocast_dtype: Any = None,
+                     unlikelihood: float = 0.0) -> tuple[Any, int, Any]:
     """(summed cross-entropy, number of trained tokens, outputs), computed on the trained positions only.
 
     `inputs` holds input_ids, attention_mask, labels (unshifted, -100 where untrained), maybe the boolean
@@ -152,32 +178,39 @@ def answer_only_loss(model: Any, inputs: dict, chunk_tokens: int = 0,
     maybe `loss_weights` (tag_loss_weight), which scale each trained token's loss. With `chunk_tokens` and
     a kept-positions mask, the head is applied `chunk_tokens` positions at a time (`chunked_cross_entropy`)
     where `plain_output_head` allows it, under `autocast_dtype` when training in mixed precision; `outputs.logits`
-    is then None.
+    is then None. With `ban_mask` and `ban_ids` (open_tag_unlikelihood) and `unlikelihood` > 0, each marked
+    position adds `unlikelihood` x -log(1 - p(a token that opens a tag)), unweighted by `loss_weights`.
     """
-    import torch.nn.functional as F
-
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     weights = inputs.pop("loss_weights", None)
+    ban_mask, ban_ids = inputs.pop("ban_mask", None), inputs.pop("ban_ids", None)
     trained = labels[:, 1:] != -100
     target = labels[:, 1:][trained]  # row-major, the order in which kept logits come back
+    bans = None
+    if ban_mask is not None and unlikelihood > 0:
+        rows = trained.nonzero()[:, 0]
+        bans = ban_ids[rows].masked_fill(~ban_mask[:, 1:][trained][:, None], -1)
     head = plain_output_head(model) if chunk_tokens and "logits_to_keep" in inputs else None
     if head is not None:
         with _HeadSkipped(head):
             outputs = model(**inputs)
         hidden = outputs.logits.reshape(-1, outputs.logits.shape[-1])
         outputs = type(outputs)(**{k: v for k, v in outputs.items() if k != "logits"})  # those were hidden states
-        losses = chunked_cross_entropy(hidden, head, target, chunk_tokens, autocast_dtype)
+        losses = chunked_cross_entropy(hidden, head, target, chunk_tokens, autocast_dtype, bans)
     else:
         outputs = model(**inputs)
         if "logits_to_keep" in inputs:
             logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
         else:
             logits = outputs.logits[:, :-1][trained]
-        losses = F.cross_entropy(logits.float(), target, reduction="none")
+        losses = token_losses(logits, target, bans)
+    extra = 0.0
+    if bans is not None:
+        losses, extra = losses[:, 0], unlikelihood * losses[:, 1].sum()
     if weights is not None:
         losses = losses * weights[:, 1:][trained].to(losses.dtype)
-    return losses.sum(), int(target.numel()), outputs
+    return losses.sum() + extra, int(target.numel()), outputs
 
 
 def give_tag_rows_their_own_lr(optimizer: Any, model: Any, scale: float) -> None:
@@ -238,9 +271,10 @@ def make_trainer(model: Any, args: Any, train: ExampleDataset, eval_ds: ExampleD
 
         def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            if "logits_to_keep" not in inputs and "loss_weights" not in inputs:
+            if not {"logits_to_keep", "loss_weights", "ban_mask"} & set(inputs):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            total, n, outputs = answer_only_loss(model, inputs, config.loss_chunk_tokens, self._autocast_dtype())
+            total, n, outputs = answer_only_loss(model, inputs, config.loss_chunk_tokens, self._autocast_dtype(),
+                                                 config.open_tag_unlikelihood)
             # the same normalisation as Trainer.compute_loss with a model that takes num_items_in_batch
             if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
                 loss = total / num_items_in_batch

@@ -513,3 +513,18 @@ def test_tag_rows_lr_scale_group(tmp_path):
     assert opt.param_groups[0]["params"][0] is net.lora_A
     assert opt.param_groups[1]["params"][0] is net.trainable_tokens_delta
     assert opt.param_groups[1]["lr"] == pytest.approx(3e-2) and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_open_tag_unlikelihood_reaches_the_training(tmp_path):
+    """A run with the unlikelihood term logs a higher first loss (the same weights plus a positive term) and has
+    another fingerprint, so it never resumes from, or is taken for, a run without it; a negative weight is refused."""
+    def first_loss(weight: float) -> tuple[float, str]:
+        run = make_selected_run(tmp_path / f"run{weight}", tiny_rows(16, seed=1))
+        cfg = FinetuneConfig(max_steps=2, eval_fraction=0, open_tag_unlikelihood=weight, **FAST)
+        m = run_finetune(run, cfg, progress=False)
+        return m["counts"]["first_train_loss"], m["fingerprint"]
+
+    (plain, plain_fp), (pushed, pushed_fp) = first_loss(0.0), first_loss(50.0)
+    assert pushed > plain and pushed_fp != plain_fp
+    with pytest.raises(ConfigError, match="open_tag_unlikelihood"):
+        FinetuneConfig(open_tag_unlikelihood=-1).validate()

@@ -203,3 +203,56 @@ def test_unit_weights_give_the_plain_loss_and_tag_weights_raise_the_tag_share(to
     (p, n, _), (u, _, _), (h, _, _) = losses
     assert (p / n).item() == pytest.approx(full.loss.item(), abs=1e-5) and u.item() == pytest.approx(p.item(), rel=1e-6)
     assert p.item() < h.item() < 3.0 * p.item()
+
+
+def test_output_block_marks_cover_the_output_up_to_its_closing_tag(tok):
+    from reflection_lab.finetune.data import output_block_marks
+
+    ids, marks, openers = output_block_marks(tok, ANSWER)
+    assert len(marks) == len(ids)
+    marked = tok.decode([i for i, m in zip(ids, marks) if m])
+    # the answer inside <output> and the first token of </output>, nothing of the thinking or of <output> itself
+    assert marked.strip().startswith("7")
+    assert "Add 3" not in marked and "output" not in marked
+    last_marked = max(i for i, m in enumerate(marks) if m)
+    assert tok.decode(ids[last_marked:]).strip() == "</output>"
+    # the ids that open a tag are the first tokens of the opening tags, and none starts a closing tag
+    starters = {tok(t, add_special_tokens=False)["input_ids"][0] for t in ("<thinking>", "<output>")}
+    closers = {tok(t, add_special_tokens=False)["input_ids"][0] for t in ("</thinking>", "</output>")}
+    assert set(openers) == starters - closers
+    assert output_block_marks(tok, "<thinking>\nno output here\n</thinking>")[1] == [False] * len(
+        tok("<thinking>\nno output here\n</thinking>", add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("keep_logits", [True, False])
+def test_open_tag_unlikelihood_adds_minus_log_one_minus_p_inside_the_output(tok, tiny_llama_path, keep_logits):
+    import torch
+
+    from reflection_lab.finetune.trainer import answer_only_loss, supports_logits_to_keep
+    from reflection_lab.models import load_model
+
+    fmt = build_format(tok, "chat")
+    rows = [{"id": "a", "instruction": "What is 3 + 4?", "output": ANSWER}]
+    (plain,), _ = encode_rows(rows, fmt, tok, max_length=512)
+    (banned,), _ = encode_rows(rows, fmt, tok, max_length=512, open_tag_unlikelihood=2.0)
+    assert banned["input_ids"] == plain["input_ids"] and sum(banned["ban_mask"]) > 0
+    model = load_model(tiny_llama_path)
+    if keep_logits and not supports_logits_to_keep(model):
+        pytest.skip("this transformers takes no boolean logits_to_keep mask")
+    collate = PadToLongest(tok.pad_token_id, keep_logits=keep_logits)
+    with torch.no_grad():
+        p, n, _ = answer_only_loss(model, collate([plain]))
+        off, _, _ = answer_only_loss(model, collate([banned]), unlikelihood=0.0)
+        on, _, _ = answer_only_loss(model, collate([banned]), unlikelihood=100.0)  # large: above fp32 rounding
+        chunked, _, _ = answer_only_loss(model, collate([banned]), chunk_tokens=3, unlikelihood=100.0)
+        logits = model(input_ids=torch.tensor([banned["input_ids"]])).logits[0].float()
+    probs = logits.log_softmax(-1).exp()
+    expected = 0.0
+    for t, (mark, target) in enumerate(zip(banned["ban_mask"], banned["input_ids"])):
+        if mark:  # token t is predicted at position t - 1
+            q = sum(probs[t - 1, b].item() for b in banned["ban_ids"] if b != target)
+            expected += -torch.log1p(torch.tensor(-q)).item()
+    assert expected > 0 and off.item() == pytest.approx(p.item(), rel=1e-6)
+    assert (on - p).item() == pytest.approx(100.0 * expected, rel=1e-3)
+    if keep_logits:
+        assert chunked.item() == pytest.approx(on.item(), rel=1e-5)
