@@ -130,11 +130,11 @@ PROFILES: dict[str, Profile] = {
         # checkpointing: 1.45x faster for about twice the memory. The unlikelihood of a tag opened inside <output>
         # (weight 5) took it to 95 % on each of the same three seeds (57 of 60); on a fourth 85 % against 65 %.
         quant4=False, gradient_checkpointing=False, tag_loss_weight=5.0, lora_dropout=0.0, open_tag_unlikelihood=5.0,
-        time_note=("9.5 and 11.1 min for lab.py demo from a fresh clone on an idle 2-core CPU, set-up of .venv and "
-                   "SmolLM2 included, 8.2 and 9.6 min after it (two runs on 2026-12-07: scoring 174 and 196 s, "
-                   "40 training steps 223 and 282 s)"),
-        memory_note=("5.9 and 6.4 GiB peak RSS by the end of fine-tuning without gradient checkpointing "
-                     "(two lab.py demo runs, 2026-12-07; gradient_checkpointing=true for about 4 GiB)"),
+        time_note=("7.9 min for lab.py demo from a fresh clone on an idle 2-core CPU, set-up of .venv and SmolLM2 "
+                   "included, 6.8 min after it (2026-12-08: scoring 148 s, 40 training steps 191 s); 8.2 and 9.6 min "
+                   "after the set-up in two runs the day before, when scoring took 174 and 196 s"),
+        memory_note=("5.9-6.8 GiB peak RSS by the end of fine-tuning without gradient checkpointing "
+                     "(three lab.py demo runs, 2026-12-07/08; gradient_checkpointing=true for about 4 GiB)"),
     ),
     "offline-full": Profile(
         name="offline-full", description="The whole workshop set with SmolLM2 on the CPU.",
