@@ -256,3 +256,12 @@ def test_open_tag_unlikelihood_adds_minus_log_one_minus_p_inside_the_output(tok,
     assert (on - p).item() == pytest.approx(100.0 * expected, rel=1e-3)
     if keep_logits:
         assert chunked.item() == pytest.approx(on.item(), rel=1e-5)
+
+
+def test_with_tags_as_special_tokens_the_opening_tags_themselves_are_pushed_down(tok):
+    from reflection_lab.finetune.data import output_block_marks
+
+    add_reflection_tokens(tok)
+    ids, marks, openers = output_block_marks(tok, ANSWER)
+    assert sorted(openers) == sorted(tok.convert_tokens_to_ids(t) for t in ("<thinking>", "<reflection>", "<output>"))
+    assert [tok.decode([i]) for i, m in zip(ids, marks) if m][-1] == "</output>"
