@@ -8,7 +8,7 @@ directory, exactly as a learner would run them, so a package change that breaks 
 Executing test, configured by environment variables:
   LAB_NOTEBOOK_PROFILE    profile for the notebooks (default "offline")
   LAB_NOTEBOOK_OVERRIDES  JSON profile overrides (default: CI_OVERRIDES below; "{}" = the profile as is)
-  LAB_NOTEBOOK_TIMEOUT    seconds per cell (default 1800; .ci/run sets 600); a notebook whose cell timed out is
+  LAB_NOTEBOOK_TIMEOUT    seconds per cell (default 1800; .ci/run sets 300); a notebook whose cell timed out is
                           executed once more in a new kernel (a lost reply, see tests/notebook_run.py)
   LAB_NOTEBOOK_OUT        folder to save the executed copies and timings.json (default: not saved)
   LAB_NOTEBOOK_ONLY       comma-separated numbers to run, e.g. "00,01,02" (default: all; later ones need
