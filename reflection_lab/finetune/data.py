@@ -50,18 +50,31 @@ class EncodeReport:
         return "; ".join(parts)
 
 
-def tag_token_mask(tokenizer: Any, answer: str) -> tuple[list[int], list[bool]]:
-    """(answer ids, True where a token overlaps a Reflection tag): the tokens that carry the format.
+Tokens = tuple[list[int], list[tuple[int, int]]]
+
+
+def answer_tokens(tokenizer: Any, answer: str) -> Tokens:
+    """(ids, character offsets) of an answer tokenised alone, as it is trained.
 
     Needs a fast tokenizer (character offsets); every model the lab loads has one.
     """
     enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
-    spans = [(m.start(), m.end()) for tag in REFLECTION_TAGS for m in re.finditer(re.escape(tag), answer)]
-    in_tag = [any(a < end and start < b for start, end in spans) for a, b in enc["offset_mapping"]]
-    return list(enc["input_ids"]), in_tag
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def output_block_marks(tokenizer: Any, answer: str) -> tuple[list[int], list[bool], list[int]]:
+def _tag_spans(answer: str, tags: Sequence[str]) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for tag in tags for m in re.finditer(re.escape(tag), answer)]
+
+
+def tag_token_mask(tokenizer: Any, answer: str, tokens: Tokens | None = None) -> tuple[list[int], list[bool]]:
+    """(answer ids, True where a token overlaps a Reflection tag): the tokens that carry the format."""
+    ids, offsets = tokens or answer_tokens(tokenizer, answer)
+    spans = _tag_spans(answer, REFLECTION_TAGS)
+    return ids, [any(a < end and start < b for start, end in spans) for a, b in offsets]
+
+
+def output_block_marks(tokenizer: Any, answer: str,
+                       tokens: Tokens | None = None) -> tuple[list[int], list[bool], list[int]]:
     """(answer ids, True for each token predicted inside the `<output>` block, the ids that open a tag).
 
     The marked tokens run from the first one after `<output>` up to and including the first token of its
@@ -69,11 +82,10 @@ def output_block_marks(tokenizer: Any, answer: str) -> tuple[list[int], list[boo
     tokens of this answer's opening tags, less any that also starts a closing tag (a tokenizer that splits
     `</` into `<` and `/` gives none, and then nothing is pushed down).
     """
-    enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    ids, offsets = tokens or answer_tokens(tokenizer, answer)
 
     def first_ids(tags: list[str]) -> set[int]:
-        starts = {m.start() for tag in tags for m in re.finditer(re.escape(tag), answer)}
+        starts = {start for start, _ in _tag_spans(answer, tags)}
         return {ids[i] for i, (a, b) in enumerate(offsets) if any(a <= s < b for s in starts)}
 
     opening = [t for t in REFLECTION_TAGS if not t.startswith("</")]
@@ -100,14 +112,15 @@ def encode_example(fmt: TrainingFormat, tokenizer: Any, instruction: str, input:
     if not answer.strip():
         return None, "empty answer", False
     prompt = fmt.prompt_ids(tokenizer, instruction, input)
-    in_output: list[bool] = []
-    openers: list[int] = []
-    if open_tag_unlikelihood > 0:
-        _, in_output, openers = output_block_marks(tokenizer, answer)
+    marked = tag_weight != 1.0 or open_tag_unlikelihood > 0
+    # tokenised once, with offsets only when a mark needs them (a slow tokenizer has none)
+    tokens = (answer_tokens(tokenizer, answer) if marked
+              else (list(tokenizer(answer, add_special_tokens=False)["input_ids"]), []))
+    answer_ids, in_tag, in_output, openers = tokens[0], [], [], []
     if tag_weight != 1.0:
-        answer_ids, in_tag = tag_token_mask(tokenizer, answer)
-    else:
-        answer_ids, in_tag = list(tokenizer(answer, add_special_tokens=False)["input_ids"]), []
+        _, in_tag = tag_token_mask(tokenizer, answer, tokens)
+    if open_tag_unlikelihood > 0:
+        _, in_output, openers = output_block_marks(tokenizer, answer, tokens)
     target = answer_ids + fmt.end_ids
     room = max_length - len(prompt)
     truncated = False

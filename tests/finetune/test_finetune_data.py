@@ -181,21 +181,33 @@ def test_tag_weight_marks_exactly_the_tag_tokens_and_the_end_marker(tok):
     assert batch["loss_weights"].shape == batch["labels"].shape
 
 
+def _one_answer(tok, **encode) -> dict:
+    """ANSWER to "What is 3 + 4?" encoded as one training example."""
+    (ex,), _ = encode_rows([{"id": "a", "instruction": "What is 3 + 4?", "output": ANSWER}], build_format(tok, "chat"),
+                           tok, max_length=512, **encode)
+    return ex
+
+
+def _loss_model(tiny_llama_path, keep_logits: bool):
+    """The tiny model, or a skip when this transformers cannot take the kept-positions mask."""
+    from reflection_lab.finetune.trainer import supports_logits_to_keep
+    from reflection_lab.models import load_model
+
+    model = load_model(tiny_llama_path)
+    if keep_logits and not supports_logits_to_keep(model):
+        pytest.skip("this transformers takes no boolean logits_to_keep mask")
+    return model
+
+
 @pytest.mark.parametrize("keep_logits", [True, False])
 def test_unit_weights_give_the_plain_loss_and_tag_weights_raise_the_tag_share(tok, tiny_llama_path, keep_logits):
     import torch
 
-    from reflection_lab.finetune.trainer import answer_only_loss, supports_logits_to_keep
-    from reflection_lab.models import load_model
+    from reflection_lab.finetune.trainer import answer_only_loss
 
-    fmt = build_format(tok, "chat")
-    rows = [{"id": "a", "instruction": "What is 3 + 4?", "output": ANSWER}]
-    (plain,), _ = encode_rows(rows, fmt, tok, max_length=512)
-    (heavy,), _ = encode_rows(rows, fmt, tok, max_length=512, tag_weight=3.0)
+    plain, heavy = _one_answer(tok), _one_answer(tok, tag_weight=3.0)
     unit = plain | {"weights": [1.0] * len(plain["input_ids"])}
-    model = load_model(tiny_llama_path)
-    if keep_logits and not supports_logits_to_keep(model):
-        pytest.skip("this transformers takes no boolean logits_to_keep mask")
+    model = _loss_model(tiny_llama_path, keep_logits)
     with torch.no_grad():
         losses = [answer_only_loss(model, PadToLongest(tok.pad_token_id, keep_logits=keep_logits)([ex]))
                   for ex in (plain, unit, heavy)]
@@ -228,17 +240,11 @@ def test_output_block_marks_cover_the_output_up_to_its_closing_tag(tok):
 def test_open_tag_unlikelihood_adds_minus_log_one_minus_p_inside_the_output(tok, tiny_llama_path, keep_logits):
     import torch
 
-    from reflection_lab.finetune.trainer import answer_only_loss, supports_logits_to_keep
-    from reflection_lab.models import load_model
+    from reflection_lab.finetune.trainer import answer_only_loss
 
-    fmt = build_format(tok, "chat")
-    rows = [{"id": "a", "instruction": "What is 3 + 4?", "output": ANSWER}]
-    (plain,), _ = encode_rows(rows, fmt, tok, max_length=512)
-    (banned,), _ = encode_rows(rows, fmt, tok, max_length=512, open_tag_unlikelihood=2.0)
+    plain, banned = _one_answer(tok), _one_answer(tok, open_tag_unlikelihood=2.0)
     assert banned["input_ids"] == plain["input_ids"] and sum(banned["ban_mask"]) > 0
-    model = load_model(tiny_llama_path)
-    if keep_logits and not supports_logits_to_keep(model):
-        pytest.skip("this transformers takes no boolean logits_to_keep mask")
+    model = _loss_model(tiny_llama_path, keep_logits)
     collate = PadToLongest(tok.pad_token_id, keep_logits=keep_logits)
     with torch.no_grad():
         p, n, _ = answer_only_loss(model, collate([plain]))
